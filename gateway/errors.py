@@ -1,0 +1,63 @@
+"""The edge: every error leaves as an OpenAI error body, and inference rejections are events."""
+
+from __future__ import annotations
+
+import logging
+
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+
+from gateway.completions import CHAT, COMPLETIONS
+from gateway.exceptions import GatewayError
+from gateway.outcomes import elapsed_ms
+from schemas.events import RequestRejected
+from schemas.openai import ErrorBody, ErrorResponse
+
+log = logging.getLogger("sluice.gateway")
+
+INFERENCE_PATHS = {CHAT, COMPLETIONS}
+
+
+def render(status: int, body: ErrorBody, headers: dict[str, str] | None = None) -> Response:
+    return Response(ErrorResponse(error=body).model_dump_json(), status_code=status,
+                    media_type="application/json", headers=headers)
+
+
+async def gateway_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, GatewayError)
+    if request.url.path in INFERENCE_PATHS:
+        st = request.app.state.gateway
+        st.outcomes.rejected(RequestRejected(
+            request_id=request.state.request_id,
+            endpoint=request.url.path,
+            model=getattr(request.state, "model", None),
+            status_code=exc.status,
+            error_type=exc.type,
+            error_code=exc.code,
+            message=exc.message,
+            latency_ms=elapsed_ms(request.state.started),
+        ))
+    body = ErrorBody(message=exc.message, type=exc.type, param=exc.param, code=exc.code)
+    return render(exc.status, body, exc.headers)
+
+
+async def http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    if exc.status_code == 404:
+        message = f"Unknown path {request.method} {request.url.path}."
+    elif exc.status_code == 405:
+        message = f"Method {request.method} is not allowed on {request.url.path}."
+    else:
+        message = exc.detail
+    body = ErrorBody(message=message, type="invalid_request_error")
+    return render(exc.status_code, body, dict(exc.headers or {}))
+
+
+async def unexpected(request: Request, exc: Exception) -> Response:
+    """Last resort; it runs outside the middleware, so it sets the request id itself."""
+    log.exception("unhandled error", exc_info=exc)
+    body = ErrorBody(message="The server had an error while processing your request.",
+                     type="server_error")
+    request_id = getattr(request.state, "request_id", None)
+    return render(500, body, {"x-request-id": request_id} if request_id else None)

@@ -1,0 +1,26 @@
+"""`sluice gateway`: serve the app with uvicorn (uvloop, httptools)."""
+
+from __future__ import annotations
+
+import logging
+
+from gateway.settings import Settings
+
+
+def run(settings: Settings | None = None) -> None:
+    import uvicorn
+
+    from gateway.app import create_app
+
+    settings = settings or Settings()
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        loop="uvloop",
+        http="httptools",
+        access_log=False,
+        timeout_graceful_shutdown=30,
+        log_level="info",
+    )

@@ -1,0 +1,49 @@
+"""Gateway configuration, read once at start from `SLUICE_*` environment variables."""
+
+from __future__ import annotations
+
+import socket
+from typing import Annotated
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SLUICE_", extra="ignore")
+
+    host: str = "127.0.0.1"
+    port: int = 8080
+    gateway_id: str | None = Field(default=None, description="Names this gateway's reply topic.")
+
+    kafka_bootstrap: str = "127.0.0.1:9092"
+    # Tansu answers a fetch only when its wait expires, so replies are polled at this
+    # interval; with Apache Kafka a larger wait costs no latency.
+    kafka_fetch_wait_ms: int = 3
+    inference_partitions: int = 8
+
+    models: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["smollm2-135m-instruct"],
+        description="Models that must have a live worker for /ready.",
+    )
+    admission_timeout: float = 2.0
+    request_timeout: float = 600.0
+    max_body_bytes: int = 2 * 1024 * 1024
+    max_n: int = 16
+    queue_factor: float = Field(
+        default=2.0, description="Requests admitted per model, as a multiple of live capacity."
+    )
+    max_in_flight_per_model: int | None = None
+    failover_after_s: float = 2.0
+
+    @field_validator("models", mode="before")
+    @classmethod
+    def _split(cls, value: object) -> object:
+        """Accept a comma-separated list from the environment."""
+        if isinstance(value, str):
+            return [v.strip() for v in value.split(",") if v.strip()]
+        return value
+
+    @property
+    def resolved_gateway_id(self) -> str:
+        return self.gateway_id or f"{socket.gethostname()}-{self.port}"

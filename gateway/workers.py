@@ -1,0 +1,95 @@
+"""Which workers are alive and what they serve, from their heartbeats on `sluice.workers`."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from pydantic import ValidationError
+
+from schemas import topics
+from schemas.events import WorkerHeartbeat
+
+log = logging.getLogger("sluice.gateway.workers")
+
+# A worker counts as alive for this many heartbeat intervals after its last beat.
+MISSED_BEATS = 3
+
+
+@dataclass(frozen=True, slots=True)
+class ServedModel:
+    name: str
+    max_model_len: int
+    capacity: int
+    since: int
+
+
+class WorkerRegistry:
+    def __init__(self, consumer: AIOKafkaConsumer, configured: list[str]) -> None:
+        self._consumer = consumer
+        self._beats: dict[str, WorkerHeartbeat] = {}
+        self._first_seen: dict[str, int] = {}
+        self.configured = tuple(configured)
+
+    async def start(self) -> None:
+        await self._consumer.start()
+        partitions = self._consumer.partitions_for_topic(topics.WORKERS) or {0}
+        assigned = [TopicPartition(topics.WORKERS, p) for p in partitions]
+        self._consumer.assign(assigned)
+        await self._consumer.seek_to_beginning(*assigned)
+
+    async def run(self) -> None:
+        while True:
+            batch = await self._consumer.getmany(timeout_ms=1000)
+            for records in batch.values():
+                for record in records:
+                    self._observe(record.key, record.value)
+
+    async def stop(self) -> None:
+        await self._consumer.stop()
+
+    def _observe(self, key: bytes | None, value: bytes | None) -> None:
+        if value is None:  # a tombstone
+            self._beats.pop((key or b"").decode(), None)
+            return
+        try:
+            beat = WorkerHeartbeat.model_validate_json(value)
+        except ValidationError:
+            log.warning("ignoring malformed heartbeat from %r", key)
+            return
+        if beat.status == "stopping":
+            self._beats.pop(beat.worker_id, None)
+            return
+        self._beats[beat.worker_id] = beat
+        for name in beat.models:
+            self._first_seen.setdefault(name, int(beat.ts))
+
+    def live(self, model: str | None = None) -> list[WorkerHeartbeat]:
+        now = time.time()
+        return [
+            b for b in self._beats.values()
+            if now - b.ts < MISSED_BEATS * b.interval_s + 1
+            and (model is None or model in b.models)
+        ]
+
+    def known(self, model: str) -> bool:
+        """Configured here, or served by some worker at some point."""
+        return model in self.configured or model in self._first_seen
+
+    def served(self) -> list[ServedModel]:
+        by_name: dict[str, ServedModel] = {}
+        for beat in self.live():
+            for name in beat.models:
+                prior = by_name.get(name)
+                by_name[name] = ServedModel(
+                    name=name,
+                    max_model_len=beat.max_model_len,
+                    capacity=beat.capacity + (prior.capacity if prior else 0),
+                    since=self._first_seen.get(name, int(beat.ts)),
+                )
+        return sorted(by_name.values(), key=lambda m: m.name)
+
+    def capacity(self, model: str) -> int:
+        return sum(b.capacity for b in self.live(model))

@@ -1,0 +1,55 @@
+"""The worker's Kafka clients."""
+
+from __future__ import annotations
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError
+
+from schemas.topics import TopicSpec
+
+
+async def ensure_topics(bootstrap: str, specs: list[TopicSpec]) -> None:
+    """Create whichever of `specs` do not exist yet; existing topics are left as they are."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        missing = [s for s in specs if s.name not in existing]
+        if missing:
+            try:
+                await admin.create_topics(
+                    [NewTopic(s.name, s.partitions, 1, topic_configs=s.config) for s in missing]
+                )
+            except TopicAlreadyExistsError:
+                pass
+    finally:
+        await admin.close()
+
+
+def producer(bootstrap: str) -> AIOKafkaProducer:
+    # linger 0: a token chunk leaves at once; aiokafka still batches whatever queues up
+    # behind a request in flight, which is where coalescing under load comes from.
+    return AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=0, acks=1)
+
+
+def requests_consumer(
+    bootstrap: str, group: str, fetch_wait_ms: int, session_timeout_ms: int
+) -> AIOKafkaConsumer:
+    return AIOKafkaConsumer(
+        bootstrap_servers=bootstrap,
+        group_id=group,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        fetch_max_wait_ms=fetch_wait_ms,
+        session_timeout_ms=session_timeout_ms,
+        heartbeat_interval_ms=max(100, session_timeout_ms // 3),
+        max_poll_interval_ms=300_000,
+    )
+
+
+def broadcast_consumer(bootstrap: str) -> AIOKafkaConsumer:
+    """A consumer outside any group: every worker sees every control message."""
+    return AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, enable_auto_commit=False, fetch_max_wait_ms=100
+    )

@@ -1,0 +1,35 @@
+"""`sluice worker`: load the engine, then serve requests until SIGTERM or Ctrl-C."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+from inference.engine import Engine
+from inference.settings import Settings
+from inference.worker import Worker
+
+
+async def serve(settings: Settings) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    engine = Engine.start(settings)
+    try:
+        if stop.is_set():
+            return
+        worker = Worker(settings, engine)
+        loop.add_signal_handler(signal.SIGTERM, worker.request_stop)
+        loop.add_signal_handler(signal.SIGINT, worker.request_stop)
+        await worker.run()
+    finally:
+        engine.shutdown()
+
+
+def run(settings: Settings | None = None) -> None:
+    import uvloop
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    uvloop.run(serve(settings or Settings()))

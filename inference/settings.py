@@ -1,0 +1,66 @@
+"""Worker configuration, read once at start from `SLUICE_*` environment variables."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+def default_home() -> Path:
+    return Path.home() / ".cache" / "sluice"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SLUICE_", extra="ignore")
+
+    home: Path = Field(default_factory=default_home)
+    kafka_bootstrap: str = "127.0.0.1:9092"
+    # Tansu answers a fetch only when its wait expires, so the request topic is polled
+    # at this interval; with Apache Kafka a larger wait costs no latency.
+    kafka_fetch_wait_ms: int = 3
+    session_timeout_ms: int = 10_000
+    heartbeat_interval_ms: int = 1_000
+    commit_interval_ms: int = 100
+
+    model: str = "smollm2-135m-instruct"
+    model_path: str | None = Field(
+        default=None, description="A Hugging Face folder or hub id; the catalog's build if unset."
+    )
+    served_names: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    worker_id: str | None = None
+    inference_partitions: int = 8
+
+    max_model_len: int = 2048
+    max_num_seqs: int = 64
+    dtype: str = "auto"
+    enforce_eager: bool | None = Field(
+        default=None, description="None: eager on the CPU, where compiled mode gave wrong tokens."
+    )
+    kv_cache_gib: float = 2.0
+    gpu_memory_utilization: float = 0.9
+
+    worker_heartbeat_s: float = 1.0
+    chunk_interval_ms: float = 15.0
+    drain_timeout_s: float = 20.0
+
+    @field_validator("served_names", mode="before")
+    @classmethod
+    def _split(cls, value: object) -> object:
+        """Accept a comma-separated list from the environment."""
+        if isinstance(value, str):
+            return [v.strip() for v in value.split(",") if v.strip()]
+        return value
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """Every name this worker answers to; the first is the engine's own."""
+        return (self.model, *(n for n in self.served_names if n != self.model))
+
+    @property
+    def resolved_worker_id(self) -> str:
+        return self.worker_id or f"{socket.gethostname()}-{self.model}-{os.getpid()}"

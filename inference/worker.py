@@ -1,0 +1,420 @@
+"""The worker loop: Kafka in, vLLM in the middle, token chunks and usage out.
+
+It keeps as many requests running as the engine batches (`max_num_seqs`) and pauses
+fetching when full. It commits a partition only below its oldest unfinished request, so
+whatever a dead worker had not finished is redelivered to another one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import defaultdict
+from typing import Any
+
+from aiokafka import ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import CommitFailedError, KafkaError
+from pydantic import ValidationError
+
+from inference import bus
+from inference.engine import Engine
+from inference.exceptions import BadPrompt
+from inference.offsets import OffsetTracker
+from inference.settings import Settings
+from schemas import topics
+from schemas.events import (
+    ChoiceDelta,
+    InferenceCancelled,
+    InferenceError,
+    InferenceRequested,
+    TokenChunk,
+    TokenUsage,
+    UsageRecorded,
+    UsageStatus,
+    WorkerHeartbeat,
+    decode,
+    new_id,
+)
+
+log = logging.getLogger("sluice.worker")
+
+CANCEL_MEMORY_S = 600.0
+
+
+class _Reply:
+    """The chunks of one execution of one request, numbered in order."""
+
+    def __init__(self, worker: Worker, req: InferenceRequested, attempt: str) -> None:
+        self._producer = worker.producer
+        self._topic = req.reply_topic
+        self._key = req.request_id.encode()
+        self._base = {"request_id": req.request_id, "worker_id": worker.worker_id}
+        self._attempt = attempt
+        self._seq = 0
+
+    async def send(self, choices: list[ChoiceDelta], **final: Any) -> None:
+        chunk = TokenChunk(**self._base, attempt=self._attempt, seq=self._seq, choices=choices,
+                           **final)
+        self._seq += 1
+        delivery = await self._producer.send(self._topic, chunk.encode(), key=self._key)
+        if final:
+            await delivery  # the offset is committed only once the answer is on the broker
+
+
+class _Output:
+    """Per-choice text, offsets and token counts of a running request."""
+
+    def __init__(self) -> None:
+        self.pending: dict[int, list[str]] = defaultdict(list)
+        self.sent: dict[int, int] = defaultdict(int)
+        self.tokens: dict[int, int] = defaultdict(int)
+        self.finish: dict[int, str | None] = {}
+        self.cached = 0
+
+    def add(self, out: Any) -> None:
+        for o in out.outputs:
+            self.tokens[o.index] += len(o.token_ids)
+            if o.text:
+                self.pending[o.index].append(o.text)
+            if o.finish_reason:
+                self.finish[o.index] = o.finish_reason
+        self.cached = out.num_cached_tokens or self.cached
+
+    @property
+    def completion_tokens(self) -> int:
+        return sum(self.tokens.values())
+
+    def take(self, final: bool = False) -> list[ChoiceDelta]:
+        """Everything not yet sent, as deltas; with `final`, one per choice with its reason."""
+        indexes = sorted(set(self.pending) | (set(self.finish) if final else set()))
+        deltas = []
+        for i in indexes:
+            text = "".join(self.pending.pop(i, ()))
+            reason = self.finish.get(i) if final else None
+            if text or reason:
+                deltas.append(ChoiceDelta(index=i, offset=self.sent[i], text=text,
+                                          finish_reason=reason))
+                self.sent[i] += len(text)
+        return deltas
+
+
+class Worker:
+    def __init__(self, settings: Settings, engine: Engine) -> None:
+        self.settings = settings
+        self.engine = engine
+        self.worker_id = settings.resolved_worker_id
+        self.topics = [topics.inference(n, settings.inference_partitions) for n in settings.names]
+        bootstrap = settings.kafka_bootstrap
+        self.producer = bus.producer(bootstrap)
+        self.consumer = bus.requests_consumer(
+            bootstrap,
+            group=f"sluice.workers.{topics.topic_safe(settings.model)}",
+            fetch_wait_ms=settings.kafka_fetch_wait_ms,
+            session_timeout_ms=settings.session_timeout_ms,
+        )
+        self.control = bus.broadcast_consumer(bootstrap)
+        self.offsets = OffsetTracker()
+        self.running: dict[str, asyncio.Task[None]] = {}
+        self.cancelled: dict[str, float] = {}
+        self._slot_free = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        await bus.ensure_topics(
+            self.settings.kafka_bootstrap,
+            [*self.topics, topics.static(topics.INFERENCE_CONTROL), topics.static(topics.USAGE),
+             topics.static(topics.WORKERS)],
+        )
+        await self.producer.start()
+        await self.control.start()
+        control = [TopicPartition(topics.INFERENCE_CONTROL, p)
+                   for p in self.control.partitions_for_topic(topics.INFERENCE_CONTROL) or {0}]
+        self.control.assign(control)
+        await self.control.seek_to_end(*control)
+        await self.consumer.start()
+        self.consumer.subscribe([t.name for t in self.topics], listener=_Rebalance(self))
+        self._tasks = [
+            asyncio.create_task(self._consume(), name="consume"),
+            asyncio.create_task(self._follow_control(), name="control"),
+            asyncio.create_task(self._commit_periodically(), name="commit"),
+            asyncio.create_task(self._heartbeat(), name="heartbeat"),
+        ]
+
+    def request_stop(self) -> None:
+        self._stopping.set()
+
+    async def run(self) -> None:
+        """Serve until asked to stop (or a loop fails), then drain and leave cleanly."""
+        await self.start()
+        log.info("worker %s serving %s", self.worker_id, ", ".join(self.settings.names))
+        stop = asyncio.create_task(self._stopping.wait())
+        done, _ = await asyncio.wait([stop, *self._tasks], return_when=asyncio.FIRST_COMPLETED)
+        failed = [t for t in done if t is not stop and t.exception()]
+        await self.shutdown()
+        if failed:
+            raise failed[0].exception()  # type: ignore[misc]
+
+    async def shutdown(self) -> None:
+        """Stop taking requests, let running ones finish, hand the rest back to the group."""
+        self._stopping.set()
+        self._slot_free.set()
+        await self._beat("stopping")
+        if self.running:
+            log.info("draining %d running requests", len(self.running))
+            await asyncio.wait(list(self.running.values()),
+                               timeout=self.settings.drain_timeout_s)
+        abandoned = list(self.running.values())
+        for task in abandoned:
+            task.cancel()
+        await asyncio.gather(*abandoned, return_exceptions=True)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.commit()
+        for client in (self.consumer, self.control, self.producer):
+            try:
+                await client.stop()
+            except Exception:
+                log.exception("while stopping %s", type(client).__name__)
+        if abandoned:
+            log.info("left %d unfinished requests to other workers", len(abandoned))
+
+    # -- loops ------------------------------------------------------------------------------
+
+    async def _consume(self) -> None:
+        consumer = self.consumer
+        while not self._stopping.is_set():
+            free = self.engine.capacity - len(self.running)
+            if free <= 0:
+                consumer.pause(*consumer.assignment())
+                self._slot_free.clear()
+                await self._slot_free.wait()
+                consumer.resume(*consumer.assignment())
+                continue
+            batch = await consumer.getmany(timeout_ms=200, max_records=free)
+            for tp, records in batch.items():
+                for record in records:
+                    self._accept(tp, record.offset, record.value)
+
+    def _accept(self, tp: TopicPartition, offset: int, value: bytes) -> None:
+        self.offsets.started(tp, offset)
+        try:
+            req = InferenceRequested.model_validate_json(value)
+        except ValidationError as exc:
+            log.error("skipping malformed request at %s@%d: %s", tp, offset, exc)
+            self.offsets.finished(tp, offset)
+            return
+        if req.request_id in self.running:  # redelivered while still running here
+            self.offsets.finished(tp, offset)
+            return
+        task = asyncio.create_task(self._serve(tp, offset, req))
+        self.running[req.request_id] = task
+
+    async def _serve(self, tp: TopicPartition, offset: int, req: InferenceRequested) -> None:
+        try:
+            await self._execute(req)
+            self.offsets.finished(tp, offset)
+        except asyncio.CancelledError:
+            await self.engine.abort(req.request_id)
+            raise
+        except Exception:
+            log.exception("request %s failed", req.request_id)
+            self.offsets.finished(tp, offset)
+        finally:
+            self.running.pop(req.request_id, None)
+            self._slot_free.set()
+
+    async def _follow_control(self) -> None:
+        async for record in self.control:
+            try:
+                event = decode(record.value)
+            except ValidationError:
+                continue
+            if not isinstance(event, InferenceCancelled):
+                continue
+            now = time.monotonic()
+            self.cancelled[event.request_id] = now
+            if event.request_id in self.running:
+                await self.engine.abort(event.request_id)
+            if len(self.cancelled) > 10_000:
+                self.cancelled = {k: t for k, t in self.cancelled.items()
+                                  if now - t < CANCEL_MEMORY_S}
+
+    async def _commit_periodically(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.commit_interval_ms / 1000)
+            await self.commit()
+
+    async def commit(self, only: list[TopicPartition] | None = None) -> None:
+        due = self.offsets.due()
+        if only is not None:
+            due = {tp: o for tp, o in due.items() if tp in only}
+        if not due:
+            return
+        try:
+            await self.consumer.commit(due)  # type: ignore[arg-type]
+            self.offsets.mark_committed(due)
+        except (CommitFailedError, KafkaError) as exc:
+            log.warning("commit deferred: %s", exc)
+
+    async def _heartbeat(self) -> None:
+        while True:
+            await self._beat("ready")
+            await asyncio.sleep(self.settings.worker_heartbeat_s)
+
+    async def _lag(self) -> int:
+        """Requests waiting in this worker's partitions, as of the last fetch."""
+        waiting = 0
+        for tp in self.consumer.assignment():
+            high = self.consumer.highwater(tp)
+            if high is not None:
+                with contextlib.suppress(Exception):
+                    waiting += max(0, high - await self.consumer.position(tp))
+        return waiting
+
+    async def _beat(self, status: str) -> None:
+        beat = WorkerHeartbeat(
+            worker_id=self.worker_id,
+            models=self.settings.names,
+            max_model_len=self.engine.max_model_len,
+            capacity=self.engine.capacity,
+            in_flight=len(self.running),
+            queue_depth=await self._lag(),
+            status=status,  # type: ignore[arg-type]
+            interval_s=self.settings.worker_heartbeat_s,
+        )
+        try:
+            delivery = await self.producer.send(topics.WORKERS, beat.encode(),
+                                                key=self.worker_id.encode())
+            if status == "stopping":
+                await delivery
+        except KafkaError as exc:
+            log.warning("heartbeat not sent: %s", exc)
+
+    # -- one request ------------------------------------------------------------------------
+
+    async def _execute(self, req: InferenceRequested) -> None:
+        received = time.time()
+        rid = req.request_id
+        reply = _Reply(self, req, attempt=new_id())
+        if rid in self.cancelled:
+            await self._record(req, "cancelled", received)
+            return
+        if req.deadline < received:
+            await self._record(req, "expired", received)
+            return
+        output = _Output()
+        try:
+            prompt_ids = self.engine.prompt_ids(req)
+            params = self.engine.sampling_params(req, len(prompt_ids))
+            first_token_at = await self._generate(req, reply, prompt_ids, params, output)
+        except BadPrompt as exc:
+            await self._refuse(req, reply, received, InferenceError(
+                status=exc.status, code=exc.code, param=exc.param, message=exc.message))
+            return
+        except ValueError as exc:  # vLLM's own validation of what was asked
+            await self._refuse(req, reply, received, InferenceError(status=400, message=str(exc)))
+            return
+        except Exception as exc:
+            from vllm.v1.engine.exceptions import EngineDeadError
+
+            dead = isinstance(exc, EngineDeadError)
+            await self._refuse(req, reply, received, InferenceError(
+                status=503 if dead else 500, type="server_error",
+                message="The engine failed while generating."))
+            raise
+
+        cancelled = rid in self.cancelled or "abort" in output.finish.values()
+        usage = TokenUsage(prompt_tokens=len(prompt_ids),
+                           completion_tokens=output.completion_tokens, cached_tokens=output.cached)
+        if not cancelled:
+            await reply.send(output.take(final=True), final=True, usage=usage)
+        reasons = [r for r in output.finish.values() if r]
+        await self._record(
+            req, "cancelled" if cancelled else "completed", received,
+            usage=usage, finish_reason=reasons[0] if reasons else None,
+            ttft_ms=(first_token_at - received) * 1000 if first_token_at else None,
+        )
+
+    async def _generate(
+        self, req: InferenceRequested, reply: _Reply, prompt_ids: list[int], params: Any,
+        output: _Output,
+    ) -> float | None:
+        """Run the engine, streaming coalesced chunks if asked; returns first-token time."""
+        rid = req.request_id
+        interval = self.settings.chunk_interval_ms / 1000
+        first_token_at: float | None = None
+        aborted = False
+        async for out in self.engine.generate(rid, prompt_ids, params):
+            output.add(out)
+            if first_token_at is None and output.completion_tokens:
+                first_token_at = time.time()
+            if out.finished:
+                break
+            if not aborted and rid in self.cancelled:
+                aborted = True
+                await self.engine.abort(rid)
+            if req.stream and output.pending and not aborted:
+                await reply.send(output.take())
+                # vLLM merges the deltas that arrive meanwhile into one output.
+                await asyncio.sleep(interval)
+        return first_token_at
+
+    async def _refuse(
+        self, req: InferenceRequested, reply: _Reply, received: float, error: InferenceError
+    ) -> None:
+        await reply.send([], final=True, error=error)
+        await self._record(req, "failed", received)
+
+    async def _record(
+        self,
+        req: InferenceRequested,
+        status: UsageStatus,
+        received: float,
+        *,
+        usage: TokenUsage | None = None,
+        finish_reason: str | None = None,
+        ttft_ms: float | None = None,
+    ) -> None:
+        """Publish the request's usage; its id is the request's, so a redelivery bills once."""
+        now = time.time()
+        event = UsageRecorded(
+            event_id=f"usage-{req.request_id}",
+            request_id=req.request_id,
+            model=req.model,
+            key_id=req.key_id,
+            tenant=req.tenant,
+            user=req.user,
+            variant=req.variant,
+            worker_id=self.worker_id,
+            status=status,
+            finish_reason=finish_reason,
+            prompt_tokens=usage.prompt_tokens if usage else 0,
+            completion_tokens=usage.completion_tokens if usage else 0,
+            cached_tokens=usage.cached_tokens if usage else 0,
+            queue_ms=max(0.0, (received - req.ts) * 1000),
+            ttft_ms=ttft_ms,
+            latency_ms=(now - received) * 1000,
+        )
+        delivery = await self.producer.send(topics.USAGE, event.encode(),
+                                            key=(req.key_id or "anonymous").encode())
+        await delivery
+
+
+class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
+    """Commit what is safe before partitions move, so the next owner starts there."""
+
+    def __init__(self, worker: Worker) -> None:
+        self.worker = worker
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        await self.worker.commit(only=list(revoked))
+        self.worker.offsets.forget(list(revoked))
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        return None

@@ -1,0 +1,199 @@
+"""Fixtures for the real stack: a broker, the prepared model, workers and gateways.
+
+The broker is Kafka from testcontainers when a Docker engine answers, otherwise the
+embedded Tansu broker on a free port. Every process is a real `sluice` child process,
+started once per session where it can be shared, and its output goes to
+`test-output/<name>.log`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+OUTPUT = ROOT / "test-output"
+MODEL = "smollm2-135m-instruct"
+ENGINE_START_S = 240.0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Proc:
+    """A `sluice <role>` child in its own process group, logging to a file."""
+
+    def __init__(self, name: str, args: list[str], env: dict[str, str]) -> None:
+        OUTPUT.mkdir(exist_ok=True)
+        self.name = name
+        self.log_path = OUTPUT / f"{name}.log"
+        self._log = self.log_path.open("wb")
+        self.popen = subprocess.Popen(
+            [sys.executable, "-m", "deploy", *args],
+            env={**os.environ, **env, "PYTHONUNBUFFERED": "1"},
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            cwd=ROOT,
+        )
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def kill(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.pid, signal.SIGKILL)
+        self.popen.wait()
+
+    def stop(self, timeout: float = 60) -> int:
+        if self.alive():
+            self.popen.send_signal(signal.SIGTERM)
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                pass
+        code = self.popen.poll()
+        self.kill()
+        self._log.close()
+        return code if code is not None else -9
+
+
+def wait_until(check, timeout: float, what: str, proc: Proc | None = None) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and not proc.alive():
+            raise AssertionError(f"{proc.name} exited while waiting for {what}:\n"
+                                 + proc.log()[-4000:])
+        with contextlib.suppress(Exception):
+            if check():
+                return
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _docker_kafka() -> Iterator[str] | None:
+    try:
+        import docker
+
+        docker.from_env().ping()
+    except Exception:
+        return None
+    from testcontainers.kafka import KafkaContainer
+
+    def run() -> Iterator[str]:
+        with KafkaContainer().with_kraft() as kafka:
+            yield kafka.get_bootstrap_server()
+
+    return run()
+
+
+@pytest.fixture(scope="session")
+def bootstrap() -> Iterator[str]:
+    """A Kafka bootstrap address for the whole session."""
+    docker = _docker_kafka()
+    if docker is not None:
+        yield from docker
+        return
+    port = free_port()
+    broker = Proc("broker", ["broker", "--port", str(port)], {})
+    try:
+        wait_until(lambda: socket.create_connection(("127.0.0.1", port), 1).close() is None,
+                   30, "the broker", broker)
+        yield f"127.0.0.1:{port}"
+    finally:
+        broker.stop(5)
+
+
+@pytest.fixture(scope="session")
+def home() -> Path:
+    """SLUICE_HOME with the model prepared (`make test` prepares it before pytest)."""
+    from inference import models
+
+    path = Path(os.environ.get("SLUICE_HOME", Path.home() / ".cache" / "sluice"))
+    models.prepare(path, MODEL, show_progress=False)
+    return path
+
+
+@pytest.fixture(scope="session")
+def stack_env(bootstrap: str, home: Path) -> dict[str, str]:
+    return {
+        "SLUICE_KAFKA_BOOTSTRAP": bootstrap,
+        "SLUICE_HOME": str(home),
+        "SLUICE_KV_CACHE_GIB": "1",
+        "SLUICE_MAX_NUM_SEQS": "32",
+        "SLUICE_SESSION_TIMEOUT_MS": "6000",
+    }
+
+
+class Gateway:
+    def __init__(self, proc: Proc, port: int) -> None:
+        self.proc = proc
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}"
+        self.base_url = f"{self.url}/v1"
+
+    def ready(self) -> dict[str, object]:
+        return httpx.get(f"{self.url}/ready", timeout=5).json()  # type: ignore[no-any-return]
+
+    def live_workers(self, model: str = MODEL) -> int:
+        workers = self.ready().get("workers", {})
+        return int(workers.get(model, 0))  # type: ignore[union-attr]
+
+
+def start_gateway(name: str, env: dict[str, str], **settings: str) -> Gateway:
+    port = free_port()
+    extra = {f"SLUICE_{k.upper()}": v for k, v in settings.items()}
+    proc = Proc(name, ["gateway", "--port", str(port)], {**env, **extra})
+    gw = Gateway(proc, port)
+    wait_until(lambda: httpx.get(f"{gw.url}/health", timeout=2).status_code == 200, 60,
+               f"{name} to listen", proc)
+    return gw
+
+
+def start_worker(name: str, env: dict[str, str], gateway: Gateway, expect: int) -> Proc:
+    proc = Proc(name, ["worker", "--model", MODEL], {**env, "SLUICE_WORKER_ID": name})
+    wait_until(lambda: gateway.live_workers() >= expect, ENGINE_START_S,
+               f"{name} to send heartbeats", proc)
+    return proc
+
+
+@pytest.fixture(scope="session")
+def gateway(stack_env: dict[str, str]) -> Iterator[Gateway]:
+    gw = start_gateway("gateway", stack_env)
+    yield gw
+    gw.proc.stop(30)
+
+
+@pytest.fixture(scope="session")
+def worker(stack_env: dict[str, str], gateway: Gateway) -> Iterator[Proc]:
+    proc = start_worker("worker", stack_env, gateway, expect=1)
+    yield proc
+    proc.stop(60)
+
+
+@pytest.fixture(scope="session")
+def client(gateway: Gateway, worker: Proc):  # type: ignore[no-untyped-def]
+    import openai
+
+    return openai.OpenAI(base_url=gateway.base_url, api_key="unused", max_retries=0, timeout=120)

@@ -1,0 +1,76 @@
+"""`sluice up`: the whole stack from one command, ready line, serving, clean stop."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import openai
+import psutil
+
+from tests.conftest import MODEL, OUTPUT, ROOT, free_port
+
+
+def _descendants(pid: int) -> list[psutil.Process]:
+    try:
+        return psutil.Process(pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
+
+
+def test_up_serves_and_stops_cleanly(home: Path) -> None:
+    OUTPUT.mkdir(exist_ok=True)
+    port, broker_port = free_port(), free_port()
+    env = {**os.environ, "SLUICE_HOME": str(home), "SLUICE_PORT": str(port),
+           "SLUICE_BROKER_PORT": str(broker_port), "SLUICE_KV_CACHE_GIB": "1",
+           "PYTHONUNBUFFERED": "1"}
+    env.pop("SLUICE_KAFKA_BOOTSTRAP", None)
+    log = (OUTPUT / "up.log").open("w")
+    up = subprocess.Popen([sys.executable, "-m", "deploy", "up"], env=env, cwd=ROOT,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    output: list[str] = []
+    ready_line = None
+    children: list[psutil.Process] = []
+    try:
+        assert up.stdout is not None
+        deadline = time.monotonic() + 300
+        for line in up.stdout:
+            log.write(line)
+            output.append(line)
+            if line.startswith("Sluice is ready"):
+                ready_line = line
+                break
+            assert time.monotonic() < deadline, "sluice up was not ready in time"
+        assert ready_line is not None, "sluice up exited before it was ready"
+        assert f"http://127.0.0.1:{port}/v1" in ready_line
+        children = _descendants(up.pid)
+        roles = " ".join(" ".join(c.cmdline()) for c in children)
+        assert "deploy broker" in roles or "tansu" in roles
+        assert "deploy worker" in roles and "deploy gateway" in roles
+
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="x",
+                               max_retries=0, timeout=120)
+        reply = client.chat.completions.create(
+            model=MODEL, temperature=0, max_tokens=30,
+            messages=[{"role": "user", "content": "What is the capital of France?"}])
+        assert "Paris" in reply.choices[0].message.content
+
+        up.send_signal(signal.SIGTERM)
+        rest = up.communicate(timeout=120)[0]
+        log.write(rest)
+        output.append(rest)
+        assert up.returncode == 0
+        text = "".join(output)
+        for role in ("broker", "worker", "gateway"):  # each child's lines carry its role
+            assert f"{role:>10} | " in text
+    finally:
+        if up.poll() is None:
+            up.kill()
+        log.close()
+    time.sleep(1)
+    survivors = [c for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
+    assert survivors == [], f"orphans left behind: {[c.cmdline() for c in survivors]}"
