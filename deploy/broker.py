@@ -20,7 +20,9 @@ def argv(host: str, port: int) -> list[str]:
     return [binary(), "broker", "--listener-url", url, "--advertised-listener-url", url]
 
 
-def run(host: str, port: int) -> None:
+def run(host: str, port: int, cpus: list[int] | None = None) -> None:
     """Become the broker (exec), so signals reach it directly."""
     args = argv(host, port)
+    if cpus:
+        os.sched_setaffinity(0, cpus)
     os.execv(args[0], args)

@@ -26,7 +26,7 @@ def _broker(args: argparse.Namespace) -> int:
     from deploy.settings import Settings
 
     settings = Settings(**_given(args, broker_host="host", broker_port="port"))
-    broker.run(settings.broker_host, settings.broker_port)
+    broker.run(settings.broker_host, settings.broker_port, settings.cpus)
     return 0
 
 

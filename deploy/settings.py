@@ -24,6 +24,11 @@ class Settings(BaseSettings):
         default_factory=lambda: ["smollm2-135m-instruct"]
     )
     ready_timeout_s: float = 600.0
+    cpus: list[int] | None = Field(
+        default=None, description="Pin the broker to these CPUs (set by `sluice up`)."
+    )
+    pin: bool = Field(default=True, description="On CPU-only machines, keep the broker and "
+                      "gateway off the cores vLLM binds its model runner to.")
 
     @field_validator("models", mode="before")
     @classmethod

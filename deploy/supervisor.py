@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import json
 import os
 import signal
 import sys
@@ -158,12 +159,22 @@ async def _wait_http_ready(url: str, child: Child, timeout: float) -> None:
     raise StartupFailed(f"{child.role} was not ready at {url} within {timeout:g}s")
 
 
+def side_cpus() -> list[int] | None:
+    """Where the broker and gateway run on a CPU-only machine: the last core, which vLLM
+    leaves free of its model runner. None when there is a GPU or only one core."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2 or os.path.exists("/dev/nvidia0"):
+        return None
+    return cpus[-1:]
+
+
 def plan(settings: Settings) -> list[Child]:
     """The children of `sluice up`, in start order."""
     me = [sys.executable, "-m", "deploy"]
     bootstrap = settings.bootstrap
     common = {"SLUICE_KAFKA_BOOTSTRAP": bootstrap, "SLUICE_HOME": str(settings.home),
               "SLUICE_MODELS": ",".join(settings.models), "PYTHONUNBUFFERED": "1"}
+    side = {"SLUICE_CPUS": json.dumps(cpus)} if settings.pin and (cpus := side_cpus()) else {}
     timeout = settings.ready_timeout_s
     children = []
     if settings.kafka_bootstrap is None:
@@ -171,7 +182,7 @@ def plan(settings: Settings) -> list[Child]:
             "broker", [*me, "broker", "--host", settings.broker_host,
                        "--port", str(settings.broker_port)],
             ready=lambda c: _wait_port(settings.broker_host, settings.broker_port, c, 30),
-            stop_timeout_s=5, env=common,
+            stop_timeout_s=5, env={**common, **side},
         ))
     for model in settings.models:
         worker_id = f"{os.uname().nodename}-{model}-up"
@@ -188,7 +199,7 @@ def plan(settings: Settings) -> list[Child]:
     children.append(Child(
         "gateway", [*me, "gateway", "--host", settings.host, "--port", str(settings.port)],
         ready=lambda c: _wait_http_ready(f"{url}/ready", c, timeout),
-        stop_timeout_s=35, env=common,
+        stop_timeout_s=35, env={**common, **side},
     ))
     return children
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 
 from gateway.settings import Settings
 
@@ -13,6 +14,8 @@ def run(settings: Settings | None = None) -> None:
     from gateway.app import create_app
 
     settings = settings or Settings()
+    if settings.cpus:
+        os.sched_setaffinity(0, settings.cpus)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     uvicorn.run(
         create_app(settings),

@@ -35,6 +35,9 @@ class Settings(BaseSettings):
     )
     max_in_flight_per_model: int | None = None
     failover_after_s: float = 2.0
+    cpus: list[int] | None = Field(
+        default=None, description="Pin the process to these CPUs (set by `sluice up`)."
+    )
 
     @field_validator("models", mode="before")
     @classmethod

@@ -128,9 +128,24 @@ class Engine:
     def generate(
         self, request_id: str, prompt_ids: list[int], params: Any
     ) -> AsyncIterator[RequestOutput]:
-        from vllm.inputs import TokensPrompt
+        # A rendered token input takes vLLM's synchronous path; a raw prompt would be
+        # handed to a thread pool first, which cost milliseconds of TTFT here.
+        from vllm.inputs.engine import tokens_input
 
-        return self.llm.generate(TokensPrompt(prompt_token_ids=prompt_ids), params, request_id)
+        return self.llm.generate(tokens_input(prompt_ids), params, request_id)
+
+    def reserved_cpus(self) -> set[int]:
+        """CPUs vLLM's model runners leave free (it binds them to the others on a CPU)."""
+        import psutil
+
+        engine: set[int] = set()
+        for child in psutil.Process().children(recursive=True):
+            try:
+                if "Worker" in child.name():
+                    engine |= set(child.cpu_affinity())
+            except psutil.Error:
+                continue
+        return set(os.sched_getaffinity(0)) - engine if engine else set()
 
     async def abort(self, request_id: str) -> None:
         await self.llm.abort(request_id)

@@ -44,6 +44,7 @@ class Settings(BaseSettings):
     kv_cache_gib: float = 2.0
     gpu_memory_utilization: float = 0.9
 
+    pin_frontend: bool = True
     worker_heartbeat_s: float = 1.0
     chunk_interval_ms: float = 15.0
     drain_timeout_s: float = 20.0

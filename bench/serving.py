@@ -1,0 +1,201 @@
+"""`make bench`: vLLM's own OpenAI server against Sluice, same engine, same model, same load.
+
+Each round starts vLLM's server (`python -m vllm.entrypoints.openai.api_server`, eager
+mode) on the prepared model folder, measures concurrency 1 and 16, stops it, then
+starts Sluice (broker, one worker with the same engine settings, one gateway) and
+measures the same. Rounds alternate so that drift on a shared machine hits both. The
+numbers and the ratios go to docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import platform
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+
+from bench import loadgen
+from bench.report import write_section
+from deploy.supervisor import side_cpus
+
+MODEL = "smollm2-135m-instruct"
+ROOT = Path(__file__).resolve().parent.parent
+LOGS = ROOT / "test-output" / "bench"
+ENGINE = {"max_model_len": 2048, "max_num_seqs": 64, "kv_cache_gib": 2}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Service:
+    def __init__(self, name: str, argv: list[str], env: dict[str, str]) -> None:
+        LOGS.mkdir(parents=True, exist_ok=True)
+        self.name = name
+        self.log = (LOGS / f"{name}.log").open("wb")
+        self.proc = subprocess.Popen(argv, env={**os.environ, **env}, stdout=self.log,
+                                     stderr=subprocess.STDOUT, start_new_session=True,
+                                     cwd=ROOT)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(60)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
+        self.log.close()
+
+
+def _wait(url: str, services: list[Service], timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for s in services:
+            if s.proc.poll() is not None:
+                raise RuntimeError(f"{s.name} exited; see {s.log.name}")
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        time.sleep(0.5)
+    raise RuntimeError(f"{url} not ready")
+
+
+def _vllm(folder: str, dtype: str) -> tuple[list[Service], str]:
+    port = _free_port()
+    argv = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", folder,
+            "--served-model-name", MODEL, "--enforce-eager", "--dtype", dtype,
+            "--max-model-len", str(ENGINE["max_model_len"]),
+            "--max-num-seqs", str(ENGINE["max_num_seqs"]), "--port", str(port),
+            "--disable-log-stats"]
+    env = {"VLLM_CPU_KVCACHE_SPACE": str(ENGINE["kv_cache_gib"])}
+    services = [Service("vllm", argv, env)]
+    _wait(f"http://127.0.0.1:{port}/v1/models", services)
+    return services, f"http://127.0.0.1:{port}/v1"
+
+
+def _sluice(home: Path, dtype: str) -> tuple[list[Service], str]:
+    broker_port, port = _free_port(), _free_port()
+    me = [sys.executable, "-m", "deploy"]
+    env = {"SLUICE_HOME": str(home), "SLUICE_KAFKA_BOOTSTRAP": f"127.0.0.1:{broker_port}",
+           "SLUICE_DTYPE": dtype, "SLUICE_MAX_MODEL_LEN": str(ENGINE["max_model_len"]),
+           "SLUICE_MAX_NUM_SEQS": str(ENGINE["max_num_seqs"]),
+           "SLUICE_KV_CACHE_GIB": str(ENGINE["kv_cache_gib"])}
+    # Placed as `sluice up` places them.
+    side = {"SLUICE_CPUS": json.dumps(cpus)} if (cpus := side_cpus()) else {}
+    services = [Service("sluice-broker", [*me, "broker", "--port", str(broker_port)],
+                        {**env, **side})]
+    time.sleep(0.5)
+    services.append(Service("sluice-worker", [*me, "worker", "--model", MODEL], env))
+    services.append(Service("sluice-gateway", [*me, "gateway", "--port", str(port)],
+                            {**env, **side}))
+    _wait(f"http://127.0.0.1:{port}/ready", services)
+    return services, f"http://127.0.0.1:{port}/v1"
+
+
+def _measure(base_url: str, loads: list[tuple[int, int]], max_tokens: int) -> dict[int, dict]:
+    out = {}
+    for concurrency, requests in loads:
+        report = asyncio.run(loadgen.run(base_url, MODEL, concurrency, requests, max_tokens))
+        out[concurrency] = report.summary()
+        print(f"  c={concurrency}: " + ", ".join(
+            f"{k}={v:.1f}" for k, v in out[concurrency].items() if isinstance(v, float)),
+            flush=True)
+    return out
+
+
+def _cpu() -> str:
+    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    name = next((line.split(":", 1)[1].strip() for line in info.splitlines()
+                 if line.startswith("model name")), platform.machine())
+    simd = "AVX-512" if "avx512f" in info else "AVX2" if "avx2" in info else "no AVX2"
+    return f"{name} ({simd})"
+
+
+def _median(runs: list[dict[int, dict]], concurrency: int, key: str) -> float:
+    return statistics.median(r[concurrency][key] for r in runs)
+
+
+def render(results: dict[str, list[dict[int, dict]]], dtype: str, max_tokens: int,
+           loads: list[tuple[int, int]]) -> str:
+    rounds = len(results["vllm"])
+    lines = [
+        f"Run {datetime.now(UTC):%Y-%m-%d %H:%M} UTC on {_cpu()}, {os.cpu_count()} cores; "
+        f"model {MODEL} ({dtype}, eager), "
+        f"max_num_seqs {ENGINE['max_num_seqs']}; {max_tokens} output tokens per request, "
+        f"temperature 0; {rounds} alternating round(s), medians shown. "
+        "vLLM = `python -m vllm.entrypoints.openai.api_server`; Sluice = gateway -> Kafka "
+        "(embedded Tansu) -> worker -> Kafka -> gateway, same engine settings.",
+        "",
+        "| concurrency | server | TTFT p50 ms | TTFT p99 ms | ITL p50 ms | ITL p99 ms "
+        "| output tok/s |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    keys = ("ttft_p50_ms", "ttft_p99_ms", "itl_p50_ms", "itl_p99_ms", "output_tokens_per_s")
+    for concurrency, requests in loads:
+        for server in ("vllm", "sluice"):
+            cells = " | ".join(f"{_median(results[server], concurrency, k):.1f}" for k in keys)
+            lines.append(f"| {concurrency} ({requests} requests) | {server} | {cells} |")
+    lines += ["", "| concurrency | Sluice TTFT p50 minus vLLM | Sluice / vLLM throughput |",
+              "|---|---|---|"]
+    for concurrency, _ in loads:
+        added = (_median(results["sluice"], concurrency, "ttft_p50_ms")
+                 - _median(results["vllm"], concurrency, "ttft_p50_ms"))
+        ratio = (_median(results["sluice"], concurrency, "output_tokens_per_s")
+                 / _median(results["vllm"], concurrency, "output_tokens_per_s"))
+        lines.append(f"| {concurrency} | {added:+.1f} ms | {ratio:.3f}x |")
+    lines += ["", "Targets: Sluice adds at most 10 ms to TTFT p50, and keeps at least 0.9x "
+              "the direct throughput at concurrency 16."]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--max-tokens", type=int, default=64)
+    p.add_argument("--requests-c1", type=int, default=16)
+    p.add_argument("--requests-c16", type=int, default=64)
+    a = p.parse_args()
+
+    from inference.engine import cpu_dtype
+    from inference.models import prepare
+    from inference.settings import Settings
+
+    home = Settings().home
+    folder, _ = prepare(home, MODEL)
+    import torch
+
+    dtype = cpu_dtype() if not torch.cuda.is_available() else "auto"
+    loads = [(1, a.requests_c1), (16, a.requests_c16)]
+    results: dict[str, list[dict[int, dict]]] = {"vllm": [], "sluice": []}
+    for round_ in range(a.rounds):
+        for name, start in (("vllm", lambda: _vllm(str(folder), dtype)),
+                            ("sluice", lambda: _sluice(home, dtype))):
+            print(f"round {round_ + 1}: {name}", flush=True)
+            services, base_url = start()
+            try:
+                results[name].append(_measure(base_url, loads, a.max_tokens))
+            finally:
+                for s in reversed(services):
+                    s.stop()
+    text = render(results, dtype, a.max_tokens, loads)
+    write_section("serving", "Serving: Sluice against vLLM's own server", text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
