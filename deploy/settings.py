@@ -24,6 +24,14 @@ class Settings(BaseSettings):
         default_factory=lambda: ["smollm2-135m-instruct"]
     )
     ready_timeout_s: float = 600.0
+    admin_key: str | None = None
+    streams_host: str = "127.0.0.1"
+    streams_port: int = 6066
+    analytics_host: str = "127.0.0.1"
+    analytics_port: int = 8090
+    internal_token: str | None = Field(
+        default=None, description="What the gateway shows the analytics API; unset makes a "
+        "new one for each `sluice up`.")
     cpus: list[int] | None = Field(
         default=None, description="Pin the broker to these CPUs (set by `sluice up`)."
     )

@@ -1,10 +1,10 @@
 """`sluice up`: the whole stack on one machine, as supervised child processes.
 
-Children start in order (broker, one worker per model, gateway), each only once the one
-before is ready. Their output is prefixed with their role. A child that crashes is
-restarted with backoff. Ctrl-C or SIGTERM stops them in reverse order, and each child
-runs in a process group of its own that is killed outright if it does not stop in time,
-so nothing outlives the supervisor, not even vLLM's engine processes.
+Children start in order (broker, streams, analytics, one worker per model, gateway), each
+only once the one before is ready. Their output is prefixed with their role. A child that
+crashes is restarted with backoff. Ctrl-C or SIGTERM stops them in reverse order, and each
+child runs in a process group of its own that is killed outright if it does not stop in
+time, so nothing outlives the supervisor, not even vLLM's engine processes.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import contextlib
 import ctypes
 import json
 import os
+import secrets
 import signal
 import sys
 import time
@@ -168,6 +169,19 @@ def side_cpus() -> list[int] | None:
     return cpus[-1:]
 
 
+def admin_key(settings: Settings) -> str:
+    """SLUICE_ADMIN_KEY, or one made once and kept in SLUICE_HOME/admin_key (mode 0600)."""
+    if settings.admin_key:
+        return settings.admin_key
+    path = settings.home / "admin_key"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write("sk-admin-" + secrets.token_urlsafe(24))
+    return path.read_text().strip()
+
+
 def plan(settings: Settings) -> list[Child]:
     """The children of `sluice up`, in start order."""
     me = [sys.executable, "-m", "deploy"]
@@ -184,6 +198,24 @@ def plan(settings: Settings) -> list[Child]:
             ready=lambda c: _wait_port(settings.broker_host, settings.broker_port, c, 30),
             stop_timeout_s=5, env={**common, **side},
         ))
+    streams_url = f"http://{settings.streams_host}:{settings.streams_port}"
+    children.append(Child(
+        "streams", [*me, "streams"],
+        ready=lambda c: _wait_http_ready(f"{streams_url}/ready", c, 120),
+        stop_timeout_s=20, env={**common, **side, "SLUICE_STREAMS_HOST": settings.streams_host,
+                                "SLUICE_STREAMS_PORT": str(settings.streams_port)},
+    ))
+    # Only the gateway may call the reporting API, and it proves it with this token.
+    internal_token = settings.internal_token or secrets.token_urlsafe(32)
+    analytics_url = f"http://{settings.analytics_host}:{settings.analytics_port}"
+    children.append(Child(
+        # /health, not /ready: an unreachable ClickHouse server makes reporting 503 but
+        # must not keep inference from starting. chDB is migrated before it listens.
+        "analytics", [*me, "analytics", "--host", settings.analytics_host,
+                      "--port", str(settings.analytics_port)],
+        ready=lambda c: _wait_http_ready(f"{analytics_url}/health", c, 120),
+        stop_timeout_s=40, env={**common, **side, "SLUICE_INTERNAL_TOKEN": internal_token},
+    ))
     for model in settings.models:
         worker_id = f"{os.uname().nodename}-{model}-up"
 
@@ -199,7 +231,10 @@ def plan(settings: Settings) -> list[Child]:
     children.append(Child(
         "gateway", [*me, "gateway", "--host", settings.host, "--port", str(settings.port)],
         ready=lambda c: _wait_http_ready(f"{url}/ready", c, timeout),
-        stop_timeout_s=35, env={**common, **side},
+        stop_timeout_s=35, env={**common, **side, "SLUICE_STREAMS_URL": streams_url,
+                                "SLUICE_ADMIN_KEY": admin_key(settings),
+                                "SLUICE_ANALYTICS_URL": analytics_url,
+                                "SLUICE_INTERNAL_TOKEN": internal_token},
     ))
     return children
 
@@ -237,8 +272,10 @@ async def supervise(settings: Settings) -> int:
                 waiting.cancel()
                 return 0
             waiting.result()
-        print(f"Sluice is ready: http://{settings.host}:{settings.port}/v1 "
-              "(OpenAI base URL; Ctrl-C stops everything)", flush=True)
+        url = f"http://{settings.host}:{settings.port}"
+        print(f"Sluice is ready: {url}/v1 (OpenAI base URL), {url}/dashboard; admin key in "
+              f"{settings.home / 'admin_key'} unless SLUICE_ADMIN_KEY is set; Ctrl-C stops "
+              "everything", flush=True)
         await _keep_running(started, stop)
     except StartupFailed as exc:
         print(f"supervisor | {exc}", flush=True)

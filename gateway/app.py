@@ -6,23 +6,30 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 
+import httpx
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.routing import Route
 
-from gateway import bus, completions, errors, status
+from gateway import accounts, admin, bus, completions, dashboard, errors, reporting, status
 from gateway.admission import Admission
+from gateway.auth import IpLimiter
 from gateway.exceptions import GatewayError
+from gateway.experiments import ExperimentBook
+from gateway.keys import KeyStore, Principal
+from gateway.leases import LeaseBook
 from gateway.metrics import Metrics
 from gateway.middleware.body_limit import BodyLimitMiddleware
 from gateway.middleware.request_id import RequestIdMiddleware
 from gateway.outcomes import Outcomes
+from gateway.prices import PriceBook
 from gateway.relay import GatewayState
 from gateway.replies import ReplyRouter
 from gateway.settings import Settings
 from gateway.workers import WorkerRegistry
 from schemas import topics
+from schemas.tiers import effective_limits
 
 
 def create_app(settings: Settings | None = None) -> Starlette:
@@ -32,19 +39,24 @@ def create_app(settings: Settings | None = None) -> Starlette:
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         bootstrap = settings.kafka_bootstrap
         reply = topics.replies(settings.resolved_gateway_id)
-        await bus.ensure_topics(bootstrap, [
-            reply,
-            *(topics.static(t) for t in (topics.INFERENCE_CONTROL, topics.REQUESTS,
-                                         topics.WORKERS)),
-            *(topics.inference(m, settings.inference_partitions) for m in settings.models),
-        ])
+        await topics.ensure(bootstrap, [
+            reply, *(topics.inference(m, settings.inference_partitions) for m in settings.models)])
         producer = bus.producer(bootstrap)
         await producer.start()
         replies = ReplyRouter(bus.reader(bootstrap, settings.kafka_fetch_wait_ms), reply.name)
         registry = WorkerRegistry(bus.reader(bootstrap, 100), settings.models)
-        await replies.start()
-        await registry.start()
+        keys = KeyStore(bus.reader(bootstrap, 50), settings.admin_key)
+        experiments = ExperimentBook(bus.reader(bootstrap, 50))
+        prices = PriceBook(bus.reader(bootstrap, 100))
+        followers = (replies, registry, keys, experiments, prices)
+        for follower in followers:
+            await follower.start()
         outcomes = Outcomes(producer, Metrics())
+        leases = LeaseBook(producer, replies, settings.resolved_gateway_id, reply.name,
+                           timeout=settings.lease_timeout_s, lease_ttl=settings.lease_ttl_s,
+                           max_requests=settings.lease_max_requests)
+        streams = httpx.AsyncClient(base_url=settings.streams_url)
+        app.state.reporting = reporting.client(settings)
         app.state.gateway = GatewayState(
             settings=settings,
             producer=producer,
@@ -55,8 +67,19 @@ def create_app(settings: Settings | None = None) -> Starlette:
                                 fixed_limit=settings.max_in_flight_per_model),
             outcomes=outcomes,
             reply_topic=reply.name,
+            keys=keys,
+            ips=IpLimiter(settings.unauthenticated_per_minute, settings.unauthenticated_burst,
+                          settings.trusted_proxies),
+            leases=leases,
+            experiments=experiments,
+            prices=prices,
+            streams=streams,
         )
-        loops = [asyncio.create_task(replies.run()), asyncio.create_task(registry.run())]
+        loops = [asyncio.create_task(f.run()) for f in followers]
+        loops.append(asyncio.create_task(_sweep_leases(leases, keys)))
+        # Serve only with complete views: a key created before this start must work.
+        await asyncio.wait_for(asyncio.gather(*(v.caught_up.wait()
+                                                for v in (keys, experiments, prices))), 60)
         try:
             yield
         finally:
@@ -64,8 +87,10 @@ def create_app(settings: Settings | None = None) -> Starlette:
                 task.cancel()
             await asyncio.gather(*loops, return_exceptions=True)
             await outcomes.drain()
-            await replies.stop()
-            await registry.stop()
+            for follower in followers:
+                await follower.stop()
+            await streams.aclose()
+            await app.state.reporting.aclose()
             await producer.stop()
 
     return Starlette(
@@ -73,6 +98,28 @@ def create_app(settings: Settings | None = None) -> Starlette:
             Route(completions.CHAT, completions.chat_completions, methods=["POST"]),
             Route(completions.COMPLETIONS, completions.completions, methods=["POST"]),
             Route("/v1/models", status.models, methods=["GET"]),
+            Route("/v1/rate-limit", accounts.rate_limit, methods=["GET"]),
+            Route("/v1/usage", accounts.usage, methods=["GET"]),
+            Route("/v1/ab-tests/{experiment_id}", accounts.ab_test, methods=["GET"]),
+            Route("/v1/admin/tenants", admin.create_tenant, methods=["POST"]),
+            Route("/v1/admin/tenants", admin.list_tenants, methods=["GET"]),
+            Route("/v1/admin/tenants/{tenant}", admin.get_tenant, methods=["GET"]),
+            Route("/v1/admin/tenants/{tenant}", admin.update_tenant, methods=["PATCH"]),
+            Route("/v1/admin/tenants/{tenant}", admin.disable_tenant, methods=["DELETE"]),
+            Route("/v1/admin/keys", admin.create_key, methods=["POST"]),
+            Route("/v1/admin/keys", admin.list_keys, methods=["GET"]),
+            Route("/v1/admin/keys/{key_id}", admin.get_key, methods=["GET"]),
+            Route("/v1/admin/keys/{key_id}", admin.update_key, methods=["PATCH"]),
+            Route("/v1/admin/keys/{key_id}", admin.revoke_key, methods=["DELETE"]),
+            Route("/v1/admin/prices", admin.list_prices, methods=["GET"]),
+            Route("/v1/admin/prices/{model}", admin.set_price, methods=["PUT"]),
+            Route("/v1/admin/ab-tests", admin.create_experiment, methods=["POST"]),
+            Route("/v1/admin/ab-tests", admin.list_experiments, methods=["GET"]),
+            Route("/v1/admin/ab-tests/{experiment_id}", accounts.ab_test, methods=["GET"]),
+            Route("/v1/admin/ab-tests/{experiment_id}/stop", admin.stop_experiment,
+                  methods=["POST"]),
+            *reporting.routes(),
+            *dashboard.routes(),
             Route("/health", status.health, methods=["GET"]),
             Route("/ready", status.ready, methods=["GET"]),
             Route("/metrics", status.metrics, methods=["GET"]),
@@ -88,3 +135,17 @@ def create_app(settings: Settings | None = None) -> Starlette:
         },
         lifespan=lifespan,
     )
+
+
+async def _sweep_leases(leases: LeaseBook, keys: KeyStore) -> None:
+    """Hand idle concurrency slots back to the limiter, and keep busy ones alive."""
+    while True:
+        await asyncio.sleep(1.0)
+        principals = {}
+        for key_id in list(leases.leases):
+            key = keys.keys.get(key_id)
+            if key is not None:
+                principals[key_id] = Principal(key.key_id, key.tenant, False,
+                                               effective_limits(key.tier, key.limits),
+                                               key.budgets)
+        await leases.sweep(principals)

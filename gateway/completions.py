@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 from pydantic import BaseModel
 from starlette.requests import Request
 from starlette.responses import Response
 
 from gateway import protocol
+from gateway.auth import authenticate
+from gateway.keys import Principal
 from gateway.relay import Call, check_model, state
 from gateway.streaming import sse
 from schemas.events import ChoiceDelta, InferenceRequested
@@ -46,6 +48,36 @@ def _usage(call: Call) -> Usage:
                  total_tokens=prompt + completion)
 
 
+def _route(request: Request, model: str, user: str | None) -> dict[str, object]:
+    """What the gateway decides about a request: model (A/B variant), ids and caller."""
+    st = state(request)
+    principal: Principal = request.state.principal
+    route = st.experiments.route(model, user or principal.key_id)
+    request.state.route = route
+    check_model(st, route.model)
+    return {
+        "model": route.model,
+        "variant": route.variant,
+        "experiment_id": route.experiment_id,
+        "key_id": principal.key_id,
+        "tenant": principal.tenant,
+        "request_id": request.state.request_id,
+        "reply_topic": st.reply_topic,
+        "deadline": time.time() + st.settings.request_timeout,
+    }
+
+
+def authenticated(handler: Callable[[Request], Awaitable[Response]]
+                  ) -> Callable[[Request], Awaitable[Response]]:
+    """Authenticate before anything else, so an unauthenticated body is never parsed."""
+    async def wrapped(request: Request) -> Response:
+        st = state(request)
+        authenticate(request, st.keys, st.ips)
+        return await handler(request)
+
+    return wrapped
+
+
 async def _run(
     request: Request,
     endpoint: str,
@@ -55,7 +87,14 @@ async def _run(
     opening: list[str],
     closing: Callable[[Call], str] | None,
 ) -> Response:
-    call = Call(state(request), request, event, endpoint)
+    st = state(request)
+    principal: Principal = request.state.principal
+    admitted = await st.leases.admit(
+        principal, protocol.reservation(event, st.settings.default_reserved_tokens))
+    request.state.ratelimit_headers = admitted.headers
+    event = event.model_copy(update={"reserved_tokens": admitted.tokens,
+                                     "reserved_at": admitted.reserved_at})
+    call = Call(st, request, event, endpoint, admitted)
     try:
         await call.start()
         if event.stream:  # wait for the first chunk: an error before it is a plain HTTP error
@@ -69,7 +108,8 @@ async def _run(
         call.finish()
         if done is None:
             return Response(status_code=499)
-        return Response(whole(call).model_dump_json(), media_type="application/json")
+        return Response(whole(call).model_dump_json(), media_type="application/json",
+                        headers=admitted.headers)
     if first is None:
         return Response(status_code=499)
 
@@ -94,18 +134,17 @@ async def _run(
         finally:
             call.finish()
 
-    return sse(events())
+    return sse(events(), admitted.headers)
 
 
 # -- chat ---------------------------------------------------------------------------------
 
 
+@authenticated
 async def chat_completions(request: Request) -> Response:
     body = await protocol.parse(request, ChatCompletionRequest)
-    request.state.model = body.model
-    st = state(request)
-    check_model(st, body.model)
-    event = protocol.chat_request(body, st.settings.max_n, **_route(request))
+    event = protocol.chat_request(body, state(request).settings.max_n,
+                                  **_route(request, body.model, body.user))
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
     created = int(time.time())
     cid = f"chatcmpl-{event.request_id}"
@@ -113,7 +152,7 @@ async def chat_completions(request: Request) -> Response:
     def whole(call: Call) -> ChatCompletion:
         t = call.transcript
         return ChatCompletion(
-            id=cid, created=created, model=body.model, usage=_usage(call),
+            id=cid, created=created, model=event.model, usage=_usage(call),
             choices=[
                 ChatChoice(index=i, message=ResponseMessage(content=t.text(i)),
                            finish_reason=_finish(t.finish.get(i)) or "stop")
@@ -122,7 +161,7 @@ async def chat_completions(request: Request) -> Response:
         )
 
     def chunk(choices: list[ChatChunkChoice], usage: Usage | None = None) -> str:
-        c = ChatCompletionChunk(id=cid, created=created, model=body.model, choices=choices,
+        c = ChatCompletionChunk(id=cid, created=created, model=event.model, choices=choices,
                                 usage=usage)
         return c.model_dump_json(exclude=None if include_usage else {"usage"})
 
@@ -140,12 +179,11 @@ async def chat_completions(request: Request) -> Response:
 # -- completions --------------------------------------------------------------------------
 
 
+@authenticated
 async def completions(request: Request) -> Response:
     body = await protocol.parse(request, CompletionRequest)
-    request.state.model = body.model
-    st = state(request)
-    check_model(st, body.model)
-    event = protocol.completion_request(body, st.settings.max_n, **_route(request))
+    event = protocol.completion_request(body, state(request).settings.max_n,
+                                        **_route(request, body.model, body.user))
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
     created = int(time.time())
     cid = f"cmpl-{event.request_id}"
@@ -153,14 +191,14 @@ async def completions(request: Request) -> Response:
     def whole(call: Call) -> Completion:
         t = call.transcript
         return Completion(
-            id=cid, created=created, model=body.model, usage=_usage(call),
+            id=cid, created=created, model=event.model, usage=_usage(call),
             choices=[CompletionChoice(text=t.text(i), index=i,
                                       finish_reason=_finish(t.finish.get(i)) or "stop")
                      for i in range(event.sampling.n)],
         )
 
     def chunk(choices: list[CompletionChoice], usage: Usage | None = None) -> str:
-        c = Completion(id=cid, created=created, model=body.model, choices=choices, usage=usage)
+        c = Completion(id=cid, created=created, model=event.model, choices=choices, usage=usage)
         return c.model_dump_json(exclude=None if include_usage else {"usage"})
 
     def piece(d: ChoiceDelta) -> str:
@@ -169,12 +207,3 @@ async def completions(request: Request) -> Response:
 
     closing = (lambda call: chunk([], _usage(call))) if include_usage else None
     return await _run(request, COMPLETIONS, event, whole, piece, [], closing)
-
-
-def _route(request: Request) -> dict[str, object]:
-    st = state(request)
-    return {
-        "request_id": request.state.request_id,
-        "reply_topic": st.reply_topic,
-        "deadline": time.time() + st.settings.request_timeout,
-    }

@@ -26,20 +26,28 @@ def render(status: int, body: ErrorBody, headers: dict[str, str] | None = None) 
 
 async def gateway_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, GatewayError)
+    headers = exc.headers
     if request.url.path in INFERENCE_PATHS:
         st = request.app.state.gateway
+        principal = getattr(request.state, "principal", None)
+        route = getattr(request.state, "route", None)
         st.outcomes.rejected(RequestRejected(
             request_id=request.state.request_id,
             endpoint=request.url.path,
-            model=getattr(request.state, "model", None),
+            model=route.model if route else None,
+            key_id=principal.key_id if principal else None,
+            tenant=principal.tenant if principal else None,
+            variant=route.variant if route else None,
+            experiment_id=route.experiment_id if route else None,
             status_code=exc.status,
             error_type=exc.type,
             error_code=exc.code,
             message=exc.message,
             latency_ms=elapsed_ms(request.state.started),
         ))
+        headers = {**getattr(request.state, "ratelimit_headers", {}), **headers}
     body = ErrorBody(message=exc.message, type=exc.type, param=exc.param, code=exc.code)
-    return render(exc.status, body, exc.headers)
+    return render(exc.status, body, headers)
 
 
 async def http_error(request: Request, exc: Exception) -> Response:

@@ -34,6 +34,24 @@ class Unauthorized(GatewayError):
     code = "invalid_api_key"
 
 
+class Forbidden(GatewayError):
+    status = 403
+    type = "invalid_request_error"
+    code = "forbidden"
+
+
+class RateLimited(GatewayError):
+    """429: `rate_limit_exceeded`, or `insufficient_quota` for a spent quota or budget."""
+
+    status = 429
+
+    def __init__(self, message: str, *, code: str, retry_after: int,
+                 headers: dict[str, str] | None = None) -> None:
+        super().__init__(message, code=code,
+                         headers={**(headers or {}), "Retry-After": str(retry_after)})
+        self.type = "insufficient_quota" if code == "insufficient_quota" else "requests"
+
+
 class NotFound(GatewayError):
     status = 404
     type = "invalid_request_error"
@@ -41,6 +59,12 @@ class NotFound(GatewayError):
 
 class ModelNotFound(NotFound):
     code = "model_not_found"
+
+
+class Conflict(GatewayError):
+    status = 409
+    type = "invalid_request_error"
+    code = "conflict"
 
 
 class MethodNotAllowed(GatewayError):

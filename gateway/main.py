@@ -24,6 +24,9 @@ def run(settings: Settings | None = None) -> None:
         loop="uvloop",
         http="httptools",
         access_log=False,
+        # X-Forwarded-For is believed only from SLUICE_TRUSTED_PROXIES (gateway/auth.py);
+        # uvicorn's own handling would believe it from any local peer.
+        proxy_headers=False,
         timeout_graceful_shutdown=30,
         log_level="info",
     )

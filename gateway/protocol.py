@@ -102,7 +102,8 @@ def _messages(body: ChatCompletionRequest) -> tuple[Message, ...]:
 
 
 def chat_request(body: ChatCompletionRequest, max_n: int, **route: object) -> InferenceRequested:
-    """The InferenceRequested for a chat body, refusing what no worker can do yet."""
+    """The InferenceRequested for a chat body, refusing what no worker can do yet. `route`
+    has the fields the gateway decides: model, ids, reply topic, deadline, caller."""
     if body.logprobs or body.top_logprobs is not None:
         raise _unsupported("logprobs", "(log probabilities)")
     if body.tools or body.functions:
@@ -113,7 +114,6 @@ def chat_request(body: ChatCompletionRequest, max_n: int, **route: object) -> In
         raise _unsupported("response_format", f"of type '{body.response_format.type}'")
     return InferenceRequested(
         kind="chat",
-        model=body.model,
         messages=_messages(body),
         sampling=_common(body, max_n),
         stream=bool(body.stream),
@@ -138,10 +138,22 @@ def completion_request(body: CompletionRequest, max_n: int, **route: object) -> 
         prompt = prompt[0]
     return InferenceRequested(
         kind="completion",
-        model=body.model,
         prompt=prompt if isinstance(prompt, str) else tuple(prompt),  # type: ignore[arg-type]
         sampling=_common(body, max_n),
         stream=bool(body.stream),
         user=body.user,
         **route,  # type: ignore[arg-type]
     )
+
+
+def reservation(event: InferenceRequested, default_max_tokens: int) -> int:
+    """Tokens to hold for a request at admission: its prompt, over-estimated at a token per
+    three bytes (usage corrects it), plus what it may generate per choice."""
+    if event.kind == "chat":
+        prompt = sum(len(m.content.encode()) // 3 + 4 for m in event.messages) + 8
+    elif isinstance(event.prompt, str):
+        prompt = len(event.prompt.encode()) // 3 + 1
+    else:
+        prompt = len(event.prompt or ())
+    s = event.sampling
+    return prompt + s.n * (s.max_tokens or default_max_tokens)

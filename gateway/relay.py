@@ -13,12 +13,18 @@ from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass
 from typing import TypeVar
 
+import httpx
 from aiokafka import AIOKafkaProducer
 from starlette.requests import Request
 
 from gateway.admission import Admission, Ticket
+from gateway.auth import IpLimiter
 from gateway.exceptions import GatewayTimeout, ModelNotFound, UpstreamError
+from gateway.experiments import ExperimentBook
+from gateway.keys import KeyStore
+from gateway.leases import Admitted, LeaseBook
 from gateway.outcomes import Outcomes
+from gateway.prices import PriceBook
 from gateway.replies import Pending, ReplyRouter, Transcript
 from gateway.settings import Settings
 from gateway.workers import WorkerRegistry
@@ -45,6 +51,12 @@ class GatewayState:
     admission: Admission
     outcomes: Outcomes
     reply_topic: str
+    keys: KeyStore
+    ips: IpLimiter
+    leases: LeaseBook
+    experiments: ExperimentBook
+    prices: PriceBook
+    streams: httpx.AsyncClient
 
 
 def state(request: Request) -> GatewayState:
@@ -65,8 +77,9 @@ async def _disconnected(request: Request) -> None:
 
 class Call:
     def __init__(self, st: GatewayState, request: Request, event: InferenceRequested,
-                 endpoint: str) -> None:
+                 endpoint: str, admitted: Admitted) -> None:
         self.st = st
+        self.admitted = admitted
         self.request = request
         self.event = event
         self.endpoint = endpoint
@@ -161,6 +174,7 @@ class Call:
             return
         self._done = True
         st = self.st
+        self.admitted.release()
         st.replies.close(self.request_id)
         if self._ticket is not None:
             self._ticket.release()
@@ -181,6 +195,7 @@ class Call:
             tenant=ev.tenant,
             user=ev.user,
             variant=ev.variant,
+            experiment_id=ev.experiment_id,
             status_code=status,
             stream=ev.stream,
             finish_reason=reasons[0] if reasons else None,
@@ -188,5 +203,6 @@ class Call:
             completion_tokens=t.usage.completion_tokens if t.usage else 0,
             ttft_ms=(self.first_token_at - self.started) * 1000 if self.first_token_at else None,
             latency_ms=(now - self.started) * 1000,
+            admitted_at=self.admitted.admitted_at,
             disconnected=status == 499,
         ))

@@ -1,7 +1,8 @@
 """Token chunks coming back: routed to the request that waits for them, then made whole.
 
-Each gateway reads its own reply topic. `ReplyRouter` hands every chunk to the queue of
-its request (chunks for requests nobody waits on any more are dropped unparsed).
+Each gateway reads its own reply topic: token chunks from workers and lease grants from
+the limiter. `ReplyRouter` hands each to the queue of the request that waits for it
+(replies nobody waits on any more are dropped unparsed).
 `Transcript` turns a request's chunks into the text the client sees, across worker
 attempts: if a worker dies its request runs again elsewhere from the start, and the
 characters the client already has are skipped.
@@ -17,24 +18,29 @@ from collections import defaultdict
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from pydantic import ValidationError
 
-from schemas.events import ChoiceDelta, TokenChunk, TokenUsage
+from schemas.events import AnyEvent, ChoiceDelta, TokenChunk, TokenUsage, decode
 
 log = logging.getLogger("sluice.gateway.replies")
 
 
 class Pending:
-    """The chunks of one request, in arrival order."""
+    """The replies to one request (token chunks, or a lease grant), in arrival order."""
 
     def __init__(self) -> None:
-        self._queue: asyncio.Queue[TokenChunk | BaseException] = asyncio.Queue()
+        self._queue: asyncio.Queue[AnyEvent | BaseException] = asyncio.Queue()
 
-    def put(self, item: TokenChunk | BaseException) -> None:
+    def put(self, item: AnyEvent | BaseException) -> None:
         self._queue.put_nowait(item)
 
-    async def get(self, timeout: float) -> TokenChunk:
+    async def get_event(self, timeout: float) -> AnyEvent:
         item = await asyncio.wait_for(self._queue.get(), timeout)
         if isinstance(item, BaseException):
             raise item
+        return item
+
+    async def get(self, timeout: float) -> TokenChunk:
+        item = await self.get_event(timeout)
+        assert isinstance(item, TokenChunk)
         return item
 
 
@@ -74,7 +80,7 @@ class ReplyRouter:
                     if pending is None:
                         continue
                     try:
-                        pending.put(TokenChunk.model_validate_json(record.value))
+                        pending.put(decode(record.value))
                     except ValidationError as exc:
                         log.error("dropping malformed reply: %s", exc)
 

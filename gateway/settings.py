@@ -35,11 +35,26 @@ class Settings(BaseSettings):
     )
     max_in_flight_per_model: int | None = None
     failover_after_s: float = 2.0
+    admin_key: str | None = Field(default=None, description="The admin API's bearer key.")
+    trusted_proxies: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="CIDRs whose X-Forwarded-For is believed.")
+    unauthenticated_per_minute: int = 60
+    unauthenticated_burst: int = 30
+    streams_url: str = "http://127.0.0.1:6066"
+    analytics_url: str = Field(default="http://127.0.0.1:8090",
+                               description="The analytics process's reporting API.")
+    internal_token: str = Field(default="", description="Shown to the analytics API in "
+                                "`x-sluice-internal-token` (the same setting as its own).")
+    lease_timeout_s: float = 2.0
+    lease_ttl_s: float = 2.0
+    lease_max_requests: int = 64
+    default_reserved_tokens: int = Field(
+        default=512, description="Tokens held for a request that sets no max_tokens.")
     cpus: list[int] | None = Field(
         default=None, description="Pin the process to these CPUs (set by `sluice up`)."
     )
 
-    @field_validator("models", mode="before")
+    @field_validator("models", "trusted_proxies", mode="before")
     @classmethod
     def _split(cls, value: object) -> object:
         """Accept a comma-separated list from the environment."""

@@ -8,6 +8,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from gateway.auth import authenticate
 from gateway.relay import state
 from schemas.openai import ModelCard, ModelList
 
@@ -26,9 +27,11 @@ async def ready(request: Request) -> Response:
     except Exception:
         broker = False
     models = {m: len(st.registry.live(m)) for m in st.settings.models}
-    ok = broker and all(models.values())
+    views = all(v.caught_up.is_set() for v in (st.keys, st.experiments, st.prices))
+    ok = broker and views and all(models.values())
     return JSONResponse(
-        {"status": "ready" if ok else "unavailable", "broker": broker, "workers": models},
+        {"status": "ready" if ok else "unavailable", "broker": broker, "views": views,
+         "workers": models},
         status_code=200 if ok else 503,
         headers=None if ok else {"Retry-After": "1"},
     )
@@ -41,7 +44,9 @@ async def metrics(request: Request) -> Response:
 
 async def models(request: Request) -> Response:
     """Models with at least one live worker, from the workers' heartbeats."""
-    served = state(request).registry.served()
+    st = state(request)
+    authenticate(request, st.keys, st.ips)
+    served = st.registry.served()
     body = ModelList(data=[
         ModelCard(id=m.name, created=m.since, max_model_len=m.max_model_len) for m in served
     ])

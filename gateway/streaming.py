@@ -28,7 +28,8 @@ def _error_event(exc: Exception) -> bytes:
     return b"data: " + ErrorResponse(error=body).model_dump_json().encode() + b"\n\n"
 
 
-def sse(events: AsyncIterator[str]) -> StreamingResponse:
+def sse(events: AsyncIterator[str], headers: dict[str, str] | None = None
+        ) -> StreamingResponse:
     """Stream JSON documents as SSE `data:` lines."""
 
     async def body() -> AsyncIterator[bytes]:
@@ -42,5 +43,5 @@ def sse(events: AsyncIterator[str]) -> StreamingResponse:
     return StreamingResponse(
         body(),
         media_type="text/event-stream",
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        headers={**(headers or {}), "Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )

@@ -6,9 +6,10 @@ import logging
 import time
 from dataclasses import dataclass
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer
 from pydantic import ValidationError
 
+from gateway.follow import Follower
 from schemas import topics
 from schemas.events import WorkerHeartbeat
 
@@ -26,31 +27,16 @@ class ServedModel:
     since: int
 
 
-class WorkerRegistry:
+class WorkerRegistry(Follower):
+    topic = topics.WORKERS
+
     def __init__(self, consumer: AIOKafkaConsumer, configured: list[str]) -> None:
-        self._consumer = consumer
+        super().__init__(consumer)
         self._beats: dict[str, WorkerHeartbeat] = {}
         self._first_seen: dict[str, int] = {}
         self.configured = tuple(configured)
 
-    async def start(self) -> None:
-        await self._consumer.start()
-        partitions = self._consumer.partitions_for_topic(topics.WORKERS) or {0}
-        assigned = [TopicPartition(topics.WORKERS, p) for p in partitions]
-        self._consumer.assign(assigned)
-        await self._consumer.seek_to_beginning(*assigned)
-
-    async def run(self) -> None:
-        while True:
-            batch = await self._consumer.getmany(timeout_ms=1000)
-            for records in batch.values():
-                for record in records:
-                    self._observe(record.key, record.value)
-
-    async def stop(self) -> None:
-        await self._consumer.stop()
-
-    def _observe(self, key: bytes | None, value: bytes | None) -> None:
+    def on_record(self, key: bytes | None, value: bytes | None) -> None:
         if value is None:  # a tombstone
             self._beats.pop((key or b"").decode(), None)
             return

@@ -17,6 +17,10 @@ if TYPE_CHECKING:
     from vllm.v1.engine.async_llm import AsyncLLM
 
 
+# What a served name may set as its own default sampling.
+NAMED_DEFAULTS = {"temperature", "top_p", "top_k", "min_p", "repetition_penalty"}
+
+
 def _on_cpu() -> bool:
     import torch
 
@@ -36,8 +40,10 @@ def cpu_dtype() -> str:
 class Engine:
     """A vLLM AsyncLLM (continuous batching in its own process) behind a small interface."""
 
-    def __init__(self, llm: AsyncLLM, max_model_len: int, capacity: int) -> None:
+    def __init__(self, llm: AsyncLLM, max_model_len: int, capacity: int,
+                 name_defaults: dict[str, dict[str, float]] | None = None) -> None:
         self.llm = llm
+        self.name_defaults = name_defaults or {}
         self.tokenizer = llm.get_tokenizer()
         self.max_model_len = max_model_len
         self.capacity = capacity
@@ -64,7 +70,8 @@ class Engine:
             enable_prefix_caching=True,
         )
         llm = AsyncLLM.from_engine_args(args)
-        return cls(llm, llm.model_config.max_model_len, settings.max_num_seqs)
+        return cls(llm, llm.model_config.max_model_len, settings.max_num_seqs,
+                   settings.name_defaults)
 
     def prompt_ids(self, req: InferenceRequested) -> list[int]:
         """Render and tokenize the prompt, refusing what cannot fit the context."""
@@ -114,7 +121,10 @@ class Engine:
             "top_p": s.top_p,
             "seed": s.seed,
         }
-        params = {**self._defaults, **{k: v for k, v in given.items() if v is not None}}
+        named = {k: v for k, v in self.name_defaults.get(req.model, {}).items()
+                 if k in NAMED_DEFAULTS}
+        params = {**self._defaults, **named,
+                  **{k: v for k, v in given.items() if v is not None}}
         return SamplingParams(
             n=s.n,
             max_tokens=s.max_tokens or self.max_model_len - prompt_len,

@@ -25,6 +25,12 @@ class OffsetTracker:
         if running is not None:
             running.discard(offset)
 
+    def done(self, partition: Hashable, offset: int) -> bool:
+        """Whether the request at `offset` already finished here (a rebalance can deliver
+        again what lies between the committed offset and the newest one)."""
+        return offset < self._next.get(partition, 0) and offset not in self._running.get(
+            partition, ())
+
     def running(self, partition: Hashable) -> int:
         return len(self._running.get(partition, ()))
 

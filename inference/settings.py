@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import socket
 from pathlib import Path
 from typing import Annotated
@@ -52,15 +53,28 @@ class Settings(BaseSettings):
     @field_validator("served_names", mode="before")
     @classmethod
     def _split(cls, value: object) -> object:
-        """Accept a comma-separated list from the environment."""
+        """Accept a list from the environment, separated by spaces or `;` (a name's
+        defaults use commas: `precise@temperature=0;creative@temperature=1.2,top_p=0.9`)."""
         if isinstance(value, str):
-            return [v.strip() for v in value.split(",") if v.strip()]
+            return [v for v in re.split(r"[;\s]+", value) if v]
         return value
 
     @property
     def names(self) -> tuple[str, ...]:
         """Every name this worker answers to; the first is the engine's own."""
-        return (self.model, *(n for n in self.served_names if n != self.model))
+        extra = (n.split("@", 1)[0] for n in self.served_names)
+        return (self.model, *(n for n in extra if n != self.model))
+
+    @property
+    def name_defaults(self) -> dict[str, dict[str, float]]:
+        """Default sampling per served name: `creative@temperature=1.2,top_p=0.9` serves
+        the same engine as `creative`, sampling hotter unless a request says otherwise."""
+        out: dict[str, dict[str, float]] = {}
+        for entry in self.served_names:
+            name, _, spec = entry.partition("@")
+            pairs = (p.split("=", 1) for p in spec.split(",") if "=" in p)
+            out[name] = {k.strip(): float(v) for k, v in pairs}
+        return out
 
     @property
     def resolved_worker_id(self) -> str:

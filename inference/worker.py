@@ -117,7 +117,10 @@ class Worker:
         self.control = bus.broadcast_consumer(bootstrap)
         self.offsets = OffsetTracker()
         self.running: dict[str, asyncio.Task[None]] = {}
+        # Where each running request sits; a redelivery of it moves this, not the task.
+        self.positions: dict[str, tuple[TopicPartition, int]] = {}
         self.cancelled: dict[str, float] = {}
+        self.revoked: set[TopicPartition] = set()
         self._slot_free = asyncio.Event()
         self._stopping = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -125,11 +128,7 @@ class Worker:
     # -- lifecycle --------------------------------------------------------------------------
 
     async def start(self) -> None:
-        await bus.ensure_topics(
-            self.settings.kafka_bootstrap,
-            [*self.topics, topics.static(topics.INFERENCE_CONTROL), topics.static(topics.USAGE),
-             topics.static(topics.WORKERS)],
-        )
+        await topics.ensure(self.settings.kafka_bootstrap, self.topics)
         await self.producer.start()
         await self.control.start()
         control = [TopicPartition(topics.INFERENCE_CONTROL, p)
@@ -202,6 +201,8 @@ class Worker:
                     self._accept(tp, record.offset, record.value)
 
     def _accept(self, tp: TopicPartition, offset: int, value: bytes) -> None:
+        if self.offsets.done(tp, offset):
+            return  # finished here before a rebalance handed the partition back
         self.offsets.started(tp, offset)
         try:
             req = InferenceRequested.model_validate_json(value)
@@ -209,25 +210,39 @@ class Worker:
             log.error("skipping malformed request at %s@%d: %s", tp, offset, exc)
             self.offsets.finished(tp, offset)
             return
-        if req.request_id in self.running:  # redelivered while still running here
-            self.offsets.finished(tp, offset)
+        rid = req.request_id
+        if rid in self.running:  # redelivered while still running here: it keeps running
+            self.positions[rid] = (tp, offset)
             return
-        task = asyncio.create_task(self._serve(tp, offset, req))
-        self.running[req.request_id] = task
+        self.positions[rid] = (tp, offset)
+        self.running[rid] = asyncio.create_task(self._serve(req))
 
-    async def _serve(self, tp: TopicPartition, offset: int, req: InferenceRequested) -> None:
+    async def _serve(self, req: InferenceRequested) -> None:
+        rid = req.request_id
+        finished = False
         try:
             await self._execute(req)
-            self.offsets.finished(tp, offset)
+            finished = True
         except asyncio.CancelledError:
-            await self.engine.abort(req.request_id)
+            await self.engine.abort(rid)
             raise
         except Exception:
-            log.exception("request %s failed", req.request_id)
-            self.offsets.finished(tp, offset)
+            log.exception("request %s failed", rid)
+            finished = True
         finally:
-            self.running.pop(req.request_id, None)
+            position = self.positions.pop(rid, None)
+            if finished and position is not None:
+                self.offsets.finished(*position)
+            self.running.pop(rid, None)
             self._slot_free.set()
+
+    def hand_over(self, lost: set[TopicPartition]) -> None:
+        """Stop requests from partitions another worker now owns; it runs them (and bills
+        them) from the start, and the gateway skips what its client already has."""
+        for rid, (tp, _) in list(self.positions.items()):
+            if tp in lost and rid in self.running:
+                self.running[rid].cancel()
+        self.offsets.forget(list(lost))
 
     async def _follow_control(self) -> None:
         async for record in self.control:
@@ -391,6 +406,7 @@ class Worker:
             tenant=req.tenant,
             user=req.user,
             variant=req.variant,
+            experiment_id=req.experiment_id,
             worker_id=self.worker_id,
             status=status,
             finish_reason=finish_reason,
@@ -400,6 +416,8 @@ class Worker:
             queue_ms=max(0.0, (received - req.ts) * 1000),
             ttft_ms=ttft_ms,
             latency_ms=(now - received) * 1000,
+            reserved_tokens=req.reserved_tokens,
+            reserved_at=req.reserved_at,
         )
         delivery = await self.producer.send(topics.USAGE, event.encode(),
                                             key=(req.key_id or "anonymous").encode())
@@ -414,7 +432,9 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
 
     async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
         await self.worker.commit(only=list(revoked))
-        self.worker.offsets.forget(list(revoked))
+        self.worker.revoked = set(revoked)
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
-        return None
+        lost, self.worker.revoked = self.worker.revoked - set(assigned), set()
+        if lost:
+            self.worker.hand_over(lost)

@@ -13,6 +13,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
+from schemas.tiers import Budgets, Limits, Tier
+
 
 def new_id() -> str:
     return uuid.uuid4().hex
@@ -73,6 +75,9 @@ class InferenceRequested(Event):
     key_id: str | None = None
     user: str | None = None
     variant: str | None = None
+    experiment_id: str | None = None
+    reserved_tokens: int = Field(default=0, description="Tokens the limiter holds for it.")
+    reserved_at: float = Field(default=0.0, description="When they were reserved (Unix s).")
 
 
 class InferenceCancelled(Event):
@@ -135,6 +140,7 @@ class UsageRecorded(Event):
     tenant: str | None = None
     user: str | None = None
     variant: str | None = None
+    experiment_id: str | None = None
     worker_id: str
     status: UsageStatus
     finish_reason: str | None = None
@@ -144,6 +150,8 @@ class UsageRecorded(Event):
     queue_ms: float = 0.0
     ttft_ms: float | None = None
     latency_ms: float = 0.0
+    reserved_tokens: int = 0
+    reserved_at: float = 0.0
 
 
 # -- gateway outcomes ---------------------------------------------------------------------
@@ -158,6 +166,7 @@ class RequestCompleted(Event):
     tenant: str | None = None
     user: str | None = None
     variant: str | None = None
+    experiment_id: str | None = None
     status_code: int = 200
     stream: bool = False
     finish_reason: str | None = None
@@ -165,6 +174,9 @@ class RequestCompleted(Event):
     completion_tokens: int = 0
     ttft_ms: float | None = None
     latency_ms: float
+    admitted_at: float | None = Field(
+        default=None, description="Unix time the request took its concurrency slot; it "
+        "held the slot until `ts`.")
     disconnected: bool = False
     cache: Literal["hit", "miss", "bypass"] = "bypass"
 
@@ -176,6 +188,8 @@ class RequestRejected(Event):
     model: str | None = None
     key_id: str | None = None
     tenant: str | None = None
+    variant: str | None = None
+    experiment_id: str | None = None
     status_code: int
     error_type: str
     error_code: str | None = None
@@ -200,6 +214,215 @@ class WorkerHeartbeat(Event):
     interval_s: float = 1.0
 
 
+# -- definitions (compacted topics) ---------------------------------------------------------
+
+
+class KeyState(Event):
+    """A key as it is now; the newest state per `key_id` is the key."""
+
+    event_type: Literal["key_state"] = "key_state"
+    key_id: str
+    tenant: str
+    name: str | None = None
+    tier: Tier = "free"
+    secret_hash: str = Field(description="SHA-256 of the secret, hex; the secret is never kept.")
+    limits: Limits = Limits()
+    budgets: Budgets = Budgets()
+    revoked: bool = False
+    created_at: float
+    version: int = 1
+
+
+class TenantState(Event):
+    """A tenant as it is now. Disabling one stops all of its keys. New keys take its
+    `default_tier` and `budgets` unless they set their own."""
+
+    event_type: Literal["tenant_state"] = "tenant_state"
+    tenant: str
+    name: str | None = None
+    default_tier: Tier = "free"
+    budgets: Budgets = Budgets()
+    disabled: bool = False
+    created_at: float
+    version: int = 1
+
+
+class PriceVersion(_Part):
+    """A model's price from `effective_from` on, in integer micro-dollars per million tokens."""
+
+    version: int
+    effective_from: float
+    input_micros_per_million: int = Field(ge=0)
+    output_micros_per_million: int = Field(ge=0)
+    cached_micros_per_million: int = Field(ge=0)
+
+
+class PriceSchedule(Event):
+    """Every price a model has had, oldest first, so compaction never loses history."""
+
+    event_type: Literal["price_schedule"] = "price_schedule"
+    model: str
+    versions: tuple[PriceVersion, ...]
+
+    def at(self, ts: float) -> PriceVersion | None:
+        """The price in force at `ts`."""
+        current = None
+        for v in self.versions:
+            if v.effective_from <= ts:
+                current = v
+        return current
+
+
+class Experiment(Event):
+    """An A/B test: traffic for `model_a` is split, `split` percent going to `model_b`."""
+
+    event_type: Literal["experiment"] = "experiment"
+    experiment_id: str
+    name: str
+    model_a: str
+    model_b: str
+    split: float = Field(ge=0, le=100)
+    status: Literal["running", "stopped"] = "running"
+    created_at: float
+    stopped_at: float | None = None
+    version: int = 1
+
+
+# -- admission ------------------------------------------------------------------------------
+
+
+class LeaseRequested(Event):
+    """A gateway asks the limiter for a slice of one key's budget.
+
+    It carries the key's effective limits and budgets as the gateway sees them in
+    `sluice.keys`, so the limiter never waits for a key it has not read yet, and what is
+    left of the gateway's previous lease, which goes back into the budget.
+    """
+
+    event_type: Literal["lease_requested"] = "lease_requested"
+    key_id: str
+    tenant: str
+    gateway_id: str
+    reply_topic: str
+    requests: int = Field(ge=0)
+    tokens: int = Field(ge=0)
+    tokens_min: int = Field(default=0, ge=0,
+                            description="Tokens the request waiting on this lease needs.")
+    slots: int = Field(ge=0, description="Concurrency slots wanted on top of those held.")
+    held_slots: int = Field(ge=0, description="Slots this gateway holds for the key now.")
+    returned_requests: int = Field(default=0, ge=0)
+    returned_tokens: int = Field(default=0, ge=0)
+    returned_at: float = Field(default=0.0, description="When the returned part was granted.")
+    limits: Limits
+    budgets: Budgets = Budgets()
+
+
+class RateSnapshot(_Part):
+    """What the `x-ratelimit-*` headers report."""
+
+    requests_limit: int
+    requests_remaining: int
+    requests_reset_s: float
+    tokens_limit: int
+    tokens_remaining: int
+    tokens_reset_s: float
+
+
+class LeaseGranted(Event):
+    """The limiter's answer, on the asking gateway's reply topic; zero grants when denied."""
+
+    event_type: Literal["lease_granted"] = "lease_granted"
+    lease_request_id: str
+    key_id: str
+    requests: int = 0
+    tokens: int = 0
+    slots: int = 0
+    granted_at: float
+    expires_at: float
+    denied: Literal["rate_limit_exceeded", "insufficient_quota"] | None = None
+    message: str | None = None
+    retry_after_s: float = 0.0
+    snapshot: RateSnapshot
+
+
+class BudgetAlert(Event):
+    """A key crossed a soft quota or budget (once per period), or hit a hard one."""
+
+    event_type: Literal["budget_alert"] = "budget_alert"
+    key_id: str
+    tenant: str
+    budget: str
+    level: Literal["soft", "hard"]
+    threshold: int
+    used: int
+    period: str
+
+
+# -- billing and cache ----------------------------------------------------------------------
+
+
+class LedgerEntry(Event):
+    """One priced usage event, for billing systems (documented in docs/ledger.md).
+
+    `event_id` is `ledger:<usage event id>`: a usage event delivered twice yields the same
+    entry twice, which a consumer drops by id. Amounts are integer micro-dollars.
+    """
+
+    event_type: Literal["ledger_entry"] = "ledger_entry"
+    usage_event_id: str = Field(description="The UsageRecorded event this entry prices.")
+    request_id: str
+    key_id: str | None
+    tenant: str | None
+    model: str = Field(description="The model name the request was served under.")
+    variant: str | None = None
+    experiment_id: str | None = None
+    status: UsageStatus
+    prompt_tokens: int = Field(description="All prompt tokens, cached ones included.")
+    completion_tokens: int
+    cached_tokens: int = Field(description="Prompt tokens served from the prefix cache, "
+                               "billed at the cached rate.")
+    price_version: int | None = Field(description="The model's price version used; None "
+                                      "when the model had no price yet (amounts are 0).")
+    input_micros: int = Field(description="Micro-dollars for the uncached prompt tokens.")
+    output_micros: int = Field(description="Micro-dollars for the completion tokens.")
+    cached_micros: int = Field(description="Micro-dollars for the cached prompt tokens.")
+    cost_micros: int = Field(description="input_micros + output_micros + cached_micros; "
+                             "1,000,000 micro-dollars are 1 USD.")
+    occurred_at: float = Field(description="When the usage happened (Unix s, UTC).")
+    day: str = Field(description="UTC day of `occurred_at`, YYYY-MM-DD.")
+    month: str = Field(description="UTC month of `occurred_at`, YYYY-MM.")
+
+
+class CacheHit(Event):
+    event_type: Literal["cache_hit"] = "cache_hit"
+    request_id: str
+    cache_key: str
+    key_id: str | None = None
+    tenant: str | None = None
+    model: str
+    prompt_tokens: int
+    completion_tokens: int
+
+
+class CacheStored(Event):
+    event_type: Literal["cache_stored"] = "cache_stored"
+    request_id: str
+    cache_key: str
+    key_id: str | None = None
+    tenant: str | None = None
+    model: str
+    size_bytes: int
+
+
+class CacheEvicted(Event):
+    event_type: Literal["cache_evicted"] = "cache_evicted"
+    cache_key: str
+    key_id: str | None = None
+    tenant: str | None = None
+    model: str
+    reason: Literal["expired", "capacity"]
+
+
 AnyEvent = Annotated[
     InferenceRequested
     | InferenceCancelled
@@ -207,7 +430,18 @@ AnyEvent = Annotated[
     | UsageRecorded
     | RequestCompleted
     | RequestRejected
-    | WorkerHeartbeat,
+    | WorkerHeartbeat
+    | KeyState
+    | TenantState
+    | PriceSchedule
+    | Experiment
+    | LeaseRequested
+    | LeaseGranted
+    | BudgetAlert
+    | LedgerEntry
+    | CacheHit
+    | CacheStored
+    | CacheEvicted,
     Field(discriminator="event_type"),
 ]
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 INFERENCE_PREFIX = "sluice.inference."
@@ -17,6 +19,8 @@ PRICES = "sluice.prices"
 EXPERIMENTS = "sluice.experiments"
 WORKERS = "sluice.workers"
 LEDGER = "sluice.ledger"
+LEASES = "sluice.leases"
+ALERTS = "sluice.alerts"
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
 
@@ -61,6 +65,10 @@ STATIC: tuple[TopicSpec, ...] = (
     TopicSpec(EXPERIMENTS, 1, compacted=True),
     TopicSpec(WORKERS, 1, compacted=True),
     TopicSpec(LEDGER, 8),
+    # Lease requests are keyed by key_id and partitioned like sluice.usage, so one
+    # limiter owns a key's budget whichever of the two an event arrives on.
+    TopicSpec(LEASES, 8),
+    TopicSpec(ALERTS, 1),
 )
 
 
@@ -70,3 +78,27 @@ def static(name: str) -> TopicSpec:
         if spec.name == name:
             return spec
     raise KeyError(name)
+
+
+async def ensure(bootstrap: str, extra: Iterable[TopicSpec] = ()) -> None:
+    """Create every fixed topic and `extra` that does not exist yet, with its layout.
+
+    Every service calls this at start, so whichever comes first lays the topics out as
+    above; a broker that auto-creates topics would otherwise give them its own partition
+    count, and tables partitioned like `sluice.usage` would no longer line up.
+    """
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+    from aiokafka.errors import TopicAlreadyExistsError
+
+    specs = {s.name: s for s in (*STATIC, *extra)}
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        missing = [s for name, s in specs.items() if name not in existing]
+        if missing:
+            with contextlib.suppress(TopicAlreadyExistsError):
+                await admin.create_topics(
+                    [NewTopic(s.name, s.partitions, 1, topic_configs=s.config) for s in missing])
+    finally:
+        await admin.close()

@@ -22,7 +22,7 @@ import httpx
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-OUTPUT = ROOT / "test-output"
+OUTPUT = Path(os.environ.get("SLUICE_TEST_OUTPUT", ROOT / "test-output"))
 MODEL = "smollm2-135m-instruct"
 ENGINE_START_S = 240.0
 
@@ -135,15 +135,43 @@ def home() -> Path:
     return path
 
 
+ADMIN_KEY = "sk-admin-test-key"
+
+
 @pytest.fixture(scope="session")
-def stack_env(bootstrap: str, home: Path) -> dict[str, str]:
+def streams_port() -> int:
+    return free_port()
+
+
+@pytest.fixture(scope="session")
+def stack_env(bootstrap: str, home: Path, streams_port: int) -> dict[str, str]:
     return {
         "SLUICE_KAFKA_BOOTSTRAP": bootstrap,
         "SLUICE_HOME": str(home),
         "SLUICE_KV_CACHE_GIB": "1",
         "SLUICE_MAX_NUM_SEQS": "32",
         "SLUICE_SESSION_TIMEOUT_MS": "6000",
+        "SLUICE_ADMIN_KEY": ADMIN_KEY,
+        "SLUICE_STREAMS_PORT": str(streams_port),
+        "SLUICE_STREAMS_URL": f"http://127.0.0.1:{streams_port}",
+        "SLUICE_SESSION_TIMEOUT_S": "6",
+        # One engine under three names: the A/B tests compare the two aliases.
+        "SLUICE_SERVED_NAMES": "smollm2-precise@temperature=0;smollm2-creative@temperature=1.3",
     }
+
+
+def start_streams(name: str, env: dict[str, str]) -> Proc:
+    proc = Proc(name, ["streams"], env)
+    url = f"{env['SLUICE_STREAMS_URL']}/ready"
+    wait_until(lambda: httpx.get(url, timeout=2).status_code == 200, 120, f"{name} web", proc)
+    return proc
+
+
+@pytest.fixture(scope="session")
+def streams(stack_env: dict[str, str]) -> Iterator[Proc]:
+    proc = start_streams("streams", stack_env)
+    yield proc
+    proc.stop(30)
 
 
 class Gateway:
@@ -179,7 +207,7 @@ def start_worker(name: str, env: dict[str, str], gateway: Gateway, expect: int) 
 
 
 @pytest.fixture(scope="session")
-def gateway(stack_env: dict[str, str]) -> Iterator[Gateway]:
+def gateway(stack_env: dict[str, str], streams: Proc) -> Iterator[Gateway]:
     gw = start_gateway("gateway", stack_env)
     yield gw
     gw.proc.stop(30)
@@ -192,8 +220,26 @@ def worker(stack_env: dict[str, str], gateway: Gateway) -> Iterator[Proc]:
     proc.stop(60)
 
 
+def admin(gateway: Gateway) -> httpx.Client:
+    return httpx.Client(base_url=gateway.url, timeout=30,
+                        headers={"Authorization": f"Bearer {ADMIN_KEY}"})
+
+
+def create_key(gateway: Gateway, tenant: str, **body: object) -> dict[str, object]:
+    with admin(gateway) as http:
+        r = http.post("/v1/admin/keys", json={"tenant": tenant, **body})
+    assert r.status_code == 201, r.text
+    return r.json()  # type: ignore[no-any-return]
+
+
 @pytest.fixture(scope="session")
-def client(gateway: Gateway, worker: Proc):  # type: ignore[no-untyped-def]
+def api_key(gateway: Gateway) -> str:
+    """A generous tenant key for tests that are not about limits."""
+    return str(create_key(gateway, "tests", tier="enterprise")["secret"])
+
+
+@pytest.fixture(scope="session")
+def client(gateway: Gateway, worker: Proc, api_key: str):  # type: ignore[no-untyped-def]
     import openai
 
-    return openai.OpenAI(base_url=gateway.base_url, api_key="unused", max_retries=0, timeout=120)
+    return openai.OpenAI(base_url=gateway.base_url, api_key=api_key, max_retries=0, timeout=120)

@@ -8,7 +8,7 @@ import pytest
 
 from schemas import topics
 from schemas.events import RequestRejected
-from tests.conftest import MODEL, Gateway, start_gateway
+from tests.conftest import ADMIN_KEY, MODEL, Gateway, start_gateway
 from tests.events import for_request, matching, read_events
 from tests.openai_spec import validate
 
@@ -16,7 +16,8 @@ HI = [{"role": "user", "content": "hi"}]
 
 
 def _post(gateway: Gateway, content: bytes | str, **headers: str) -> httpx.Response:
-    headers = {"content-type": "application/json", **headers}
+    headers = {"content-type": "application/json", "authorization": f"Bearer {ADMIN_KEY}",
+               **headers}
     return httpx.post(f"{gateway.base_url}/chat/completions", content=content,
                       headers=headers, timeout=60)
 
@@ -116,7 +117,8 @@ def test_body_over_the_size_limit(gateway: Gateway, client: openai.OpenAI) -> No
         yield big[1024 * 1024:]
 
     r = httpx.post(f"{gateway.base_url}/chat/completions", content=chunked(),
-                   headers={"content-type": "application/json"}, timeout=60)
+                   headers={"content-type": "application/json",
+                            "authorization": f"Bearer {ADMIN_KEY}"}, timeout=60)
     _error(r, 413)
 
 
@@ -130,6 +132,17 @@ def test_wrong_content_type(gateway: Gateway, client: openai.OpenAI, content_typ
 def test_unknown_path_and_method(gateway: Gateway, client: openai.OpenAI) -> None:
     _error(httpx.get(f"{gateway.base_url}/nope"), 404)
     _error(httpx.get(f"{gateway.base_url}/chat/completions"), 405)
+
+
+def test_missing_unknown_and_malformed_keys_are_401(gateway: Gateway) -> None:
+    body = b'{"model": "%s", "messages": [{"role": "user", "content": "hi"}]}' % MODEL.encode()
+    for auth in (None, "Bearer sk-sluice-0000000000000000-nope", "Basic abc", "Bearer x"):
+        headers = {"content-type": "application/json"}
+        if auth:
+            headers["authorization"] = auth
+        r = httpx.post(f"{gateway.base_url}/chat/completions", content=body, headers=headers)
+        error = _error(r, 401)
+        assert error["code"] in ("invalid_api_key", "missing_api_key")
 
 
 def test_rejections_are_events(bootstrap: str, gateway: Gateway, client: openai.OpenAI) -> None:
@@ -151,7 +164,8 @@ def test_no_live_worker_is_503(stack_env: dict[str, str], worker) -> None:  # ty
     gw = start_gateway("gateway-ghost", stack_env, models="ghost-model")
     try:
         r = httpx.post(f"{gw.base_url}/chat/completions", timeout=30,
-                       json={"model": "ghost-model", "messages": HI})
+                       json={"model": "ghost-model", "messages": HI},
+                       headers={"authorization": f"Bearer {ADMIN_KEY}"})
         error = _error(r, 503)
         assert error["code"] == "no_live_worker"
         assert r.headers["retry-after"]
@@ -172,7 +186,8 @@ def test_admission_timeout_is_503(stack_env: dict[str, str], worker) -> None:  #
         story = [{"role": "user", "content": "Write a very long story about a dragon."}]
         long = {"model": MODEL, "messages": story, "max_tokens": 300, "stream": True,
                 "temperature": 0}
-        with httpx.Client(timeout=120) as http, \
+        auth = {"authorization": f"Bearer {ADMIN_KEY}"}
+        with httpx.Client(timeout=120, headers=auth) as http, \
                 http.stream("POST", f"{gw.base_url}/chat/completions", json=long) as held:
             assert held.status_code == 200
             r = http.post(f"{gw.base_url}/chat/completions",

@@ -101,9 +101,10 @@ def test_sampling_parameters_are_accepted(client: openai.OpenAI) -> None:
     assert reply.usage.completion_tokens <= 24
 
 
-def test_sixteen_concurrent_requests_complete(gateway: Gateway, client: openai.OpenAI) -> None:
+def test_sixteen_concurrent_requests_complete(gateway: Gateway, client: openai.OpenAI,
+                                              api_key: str) -> None:
     async def run() -> list[str]:
-        aclient = openai.AsyncOpenAI(base_url=gateway.base_url, api_key="x", max_retries=0,
+        aclient = openai.AsyncOpenAI(base_url=gateway.base_url, api_key=api_key, max_retries=0,
                                      timeout=300)
         async def one(i: int) -> str:
             reply = await aclient.chat.completions.create(
@@ -137,10 +138,13 @@ def test_completions_endpoint(gateway: Gateway, client: openai.OpenAI) -> None:
     assert streamed == reply.choices[0].text
 
 
-def test_models_from_heartbeats(gateway: Gateway, client: openai.OpenAI) -> None:
-    r = httpx.get(f"{gateway.base_url}/models")
+def test_models_from_heartbeats(gateway: Gateway, client: openai.OpenAI, api_key: str) -> None:
+    assert httpx.get(f"{gateway.base_url}/models").status_code == 401
+    r = httpx.get(f"{gateway.base_url}/models", headers={"Authorization": f"Bearer {api_key}"})
     validate("ListModelsResponse", r.json())
-    assert [m.id for m in client.models.list()] == [MODEL]
+    # The session's worker serves its engine under two aliases too (see conftest).
+    assert sorted(m.id for m in client.models.list()) == sorted(
+        [MODEL, "smollm2-creative", "smollm2-precise"])
     assert r.headers["x-request-id"]
 
 
@@ -176,10 +180,10 @@ def test_outcomes_and_usage_are_events(bootstrap: str, client: openai.OpenAI) ->
 
 @pytest.mark.parametrize("streaming", [True, False])
 def test_disconnect_stops_generation(bootstrap: str, gateway: Gateway, client: openai.OpenAI,
-                                     streaming: bool) -> None:
+                                     streaming: bool, api_key: str) -> None:
     body = {"model": MODEL, "temperature": 0, "max_tokens": 1500, "stream": streaming,
             "messages": [{"role": "user", "content": "Write a very long story about a dragon."}]}
-    with httpx.Client(timeout=60) as http:
+    with httpx.Client(timeout=60, headers={"Authorization": f"Bearer {api_key}"}) as http:
         if streaming:
             with http.stream("POST", f"{gateway.base_url}/chat/completions", json=body) as r:
                 rid = r.headers["x-request-id"]
@@ -211,15 +215,15 @@ def test_disconnect_stops_generation(bootstrap: str, gateway: Gateway, client: o
 
 
 def test_two_gateways_side_by_side(stack_env: dict[str, str], gateway: Gateway,
-                                   client: openai.OpenAI) -> None:
+                                   client: openai.OpenAI, api_key: str) -> None:
     second = start_gateway("gateway-2", stack_env)
     try:
         assert second.port != gateway.port
-        other = openai.OpenAI(base_url=second.base_url, api_key="x", max_retries=0)
+        other = openai.OpenAI(base_url=second.base_url, api_key=api_key, max_retries=0)
 
         async def both() -> list[str]:
-            a = openai.AsyncOpenAI(base_url=gateway.base_url, api_key="x", max_retries=0)
-            b = openai.AsyncOpenAI(base_url=second.base_url, api_key="x", max_retries=0)
+            a = openai.AsyncOpenAI(base_url=gateway.base_url, api_key=api_key, max_retries=0)
+            b = openai.AsyncOpenAI(base_url=second.base_url, api_key=api_key, max_retries=0)
             replies = await asyncio.gather(*(
                 c.chat.completions.create(model=MODEL, messages=FRANCE, temperature=0,
                                           max_tokens=20) for c in (a, b, a, b)))

@@ -18,12 +18,12 @@ def _never(events: object) -> bool:
 
 
 def test_killed_worker_requests_complete_elsewhere(
-    bootstrap: str, stack_env: dict[str, str], gateway: Gateway, worker: Proc
+    bootstrap: str, stack_env: dict[str, str], gateway: Gateway, worker: Proc, api_key: str
 ) -> None:
     doomed = start_worker("worker-doomed", stack_env, gateway, expect=2)
     try:
         async def run() -> list[tuple[str, str]]:
-            client = openai.AsyncOpenAI(base_url=gateway.base_url, api_key="x",
+            client = openai.AsyncOpenAI(base_url=gateway.base_url, api_key=api_key,
                                         max_retries=0, timeout=240)
 
             async def one(i: int) -> tuple[str, str]:

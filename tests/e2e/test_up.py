@@ -22,13 +22,17 @@ def _descendants(pid: int) -> list[psutil.Process]:
         return []
 
 
-def test_up_serves_and_stops_cleanly(home: Path) -> None:
+def test_up_serves_and_stops_cleanly(home: Path, tmp_path: Path) -> None:
     OUTPUT.mkdir(exist_ok=True)
     port, broker_port = free_port(), free_port()
     env = {**os.environ, "SLUICE_HOME": str(home), "SLUICE_PORT": str(port),
-           "SLUICE_BROKER_PORT": str(broker_port), "SLUICE_KV_CACHE_GIB": "1",
-           "PYTHONUNBUFFERED": "1"}
-    env.pop("SLUICE_KAFKA_BOOTSTRAP", None)
+           "SLUICE_BROKER_PORT": str(broker_port), "SLUICE_STREAMS_PORT": str(free_port()),
+           "SLUICE_ANALYTICS_PORT": str(free_port()),
+           # chDB opens a data path in one process only: not the shared home's.
+           "SLUICE_CLICKHOUSE_URL": f"chdb://{tmp_path / 'clickhouse'}",
+           "SLUICE_KV_CACHE_GIB": "1", "PYTHONUNBUFFERED": "1"}
+    for name in ("SLUICE_KAFKA_BOOTSTRAP", "SLUICE_ADMIN_KEY", "SLUICE_INTERNAL_TOKEN"):
+        env.pop(name, None)
     log = (OUTPUT / "up.log").open("w")
     up = subprocess.Popen([sys.executable, "-m", "deploy", "up"], env=env, cwd=ROOT,
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -51,8 +55,10 @@ def test_up_serves_and_stops_cleanly(home: Path) -> None:
         roles = " ".join(" ".join(c.cmdline()) for c in children)
         assert "deploy broker" in roles or "tansu" in roles
         assert "deploy worker" in roles and "deploy gateway" in roles
+        assert "deploy analytics" in roles
 
-        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="x",
+        key = (home / "admin_key").read_text().strip()
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=key,
                                max_retries=0, timeout=120)
         reply = client.chat.completions.create(
             model=MODEL, temperature=0, max_tokens=30,
@@ -65,7 +71,8 @@ def test_up_serves_and_stops_cleanly(home: Path) -> None:
         output.append(rest)
         assert up.returncode == 0
         text = "".join(output)
-        for role in ("broker", "worker", "gateway"):  # each child's lines carry its role
+        # Each child's lines carry its role.
+        for role in ("broker", "streams", "analytics", "worker", "gateway"):
             assert f"{role:>10} | " in text
     finally:
         if up.poll() is None:

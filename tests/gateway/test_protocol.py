@@ -33,7 +33,8 @@ def test_invalid_fields_are_named(raw: bytes, param: str) -> None:
 
 def test_unknown_fields_are_ignored_like_vllm_does() -> None:
     body = parse(b'{"model": "m", "messages": [{"role": "user", "content": "x"}], "foo": 1}')
-    event = protocol.chat_request(body, 4, request_id="r", reply_topic="t", deadline=0.0)
+    event = protocol.chat_request(body, 4, model="m", request_id="r", reply_topic="t",
+                                   deadline=0.0)
     assert event.messages[0].content == "x"
 
 
@@ -41,7 +42,8 @@ def test_sampling_maps_onto_the_event() -> None:
     body = parse(b'{"model": "m", "messages": [{"role": "user", "content": [{"type": "text", '
                  b'"text": "a"}, {"type": "text", "text": "b"}]}], "max_tokens": 9, '
                  b'"max_completion_tokens": 7, "stop": "END", "n": 2, "seed": 1}')
-    event = protocol.chat_request(body, 4, request_id="r", reply_topic="t", deadline=0.0)
+    event = protocol.chat_request(body, 4, model="m", request_id="r", reply_topic="t",
+                                   deadline=0.0)
     assert event.messages[0].content == "a\nb"
     assert event.sampling.max_tokens == 7  # max_completion_tokens wins
     assert event.sampling.stop == ("END",)
@@ -51,5 +53,6 @@ def test_sampling_maps_onto_the_event() -> None:
 def test_batched_completion_prompts_are_refused() -> None:
     body = CompletionRequest.model_validate_json(b'{"model": "m", "prompt": ["a", "b"]}')
     with pytest.raises(InvalidRequest) as info:
-        protocol.completion_request(body, 4, request_id="r", reply_topic="t", deadline=0.0)
+        protocol.completion_request(body, 4, model="m", request_id="r", reply_topic="t",
+                                   deadline=0.0)
     assert info.value.param == "prompt"

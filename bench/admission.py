@@ -1,0 +1,171 @@
+"""Admission by leases: what a request pays with a lease in hand, and for a new lease.
+
+One run starts the embedded broker and one `sluice streams` worker, and drives the
+gateway's own `LeaseBook` in this process (the gateway's code, its Kafka clients and
+settings), without an engine behind it:
+
+1. **in hand** — admit-and-release cycles on a busy key. Most are served from the lease
+   the gateway holds; the ones that had to fetch a new lease are counted apart.
+2. **fetch** — lease round trips (gateway → `sluice.leases` → limiter agent → reply
+   topic → gateway), one at a time over many keys, then 16 at once.
+
+Numbers go to docs/benchmarks.md. Run: `python -m bench.admission [--fetches N]`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import tempfile
+import time
+from datetime import UTC, datetime
+
+from bench.common import Child, broker, cpu, free_port, percentile, wait_http
+from bench.report import write_section
+from gateway import bus
+from gateway.keys import Principal
+from gateway.leases import LeaseBook
+from gateway.replies import ReplyRouter
+from gateway.settings import Settings as GatewaySettings
+from schemas import topics
+from schemas.events import LeaseRequested
+from schemas.tiers import Budgets, Limits
+
+TARGET_IN_HAND_P50_MS = 0.1
+TARGET_FETCH_P99_MS = 10.0
+GATEWAY_ID = "bench-admission"
+LIMITS = Limits(requests_per_minute=10_000_000, requests_per_hour=10**9,
+                requests_per_day=10**9, tokens_per_minute=10**12, burst=10_000_000,
+                concurrent=10_000)
+
+
+def _principal(i: int) -> Principal:
+    return Principal(f"bench-key-{i}", "bench", False, LIMITS, Budgets())
+
+
+async def _in_hand(book: LeaseBook, cycles: int) -> tuple[list[float], int]:
+    """Admit and release on one key; times of admissions served from the lease in hand."""
+    principal = _principal(0)
+    held, fetched = [], 0
+    for _ in range(cycles):
+        before = book.leases.get(principal.key_id)
+        renewal = before.last_renewal if before else None
+        t0 = time.perf_counter()
+        admitted = await book.admit(principal, 600)
+        dt = time.perf_counter() - t0
+        admitted.release()
+        if book.leases[principal.key_id].last_renewal == renewal:
+            held.append(dt * 1000)
+        else:
+            fetched += 1
+    return held, fetched
+
+
+async def _fetches(book: LeaseBook, n: int, parallel: int, hops: list[tuple[float, float]]
+                   | None = None) -> list[float]:
+    """Round-trip times of `n` lease requests, `parallel` at a time, over many keys; with
+    `hops`, also each trip's two legs (to the limiter's grant, and back)."""
+    times: list[float] = []
+
+    async def lane(lane_id: int) -> None:
+        for i in range(lane_id, n, parallel):
+            p = _principal(1 + i % 256)
+            req = LeaseRequested(key_id=p.key_id, tenant=p.tenant, gateway_id=GATEWAY_ID,
+                                 reply_topic=topics.replies(GATEWAY_ID).name, requests=1,
+                                 tokens=600, tokens_min=600, slots=0, held_slots=0,
+                                 limits=p.limits, budgets=p.budgets)
+            t0 = time.perf_counter()
+            grant = await book._round_trip(req)
+            times.append((time.perf_counter() - t0) * 1000)
+            if hops is not None:
+                hops.append(((grant.granted_at - req.ts) * 1000,
+                             (time.time() - grant.granted_at) * 1000))
+
+    await asyncio.gather(*(lane(i) for i in range(parallel)))
+    return times
+
+
+async def run(bootstrap: str, fetches: int, cycles: int) -> dict[str, object]:
+    settings = GatewaySettings(kafka_bootstrap=bootstrap, gateway_id=GATEWAY_ID)
+    reply = topics.replies(GATEWAY_ID)
+    await topics.ensure(bootstrap, [reply])
+    producer = bus.producer(bootstrap)
+    replies = ReplyRouter(bus.reader(bootstrap, settings.kafka_fetch_wait_ms), reply.name)
+    await producer.start()
+    await replies.start()
+    router = asyncio.create_task(replies.run())
+    book = LeaseBook(producer, replies, GATEWAY_ID, reply.name,
+                     timeout=settings.lease_timeout_s, lease_ttl=settings.lease_ttl_s,
+                     max_requests=settings.lease_max_requests)
+    try:
+        await _fetches(book, 300, 4)  # warm up every partition's path
+        hops: list[tuple[float, float]] = []
+        sequential = await _fetches(book, fetches, 1, hops)
+        parallel = await _fetches(book, fetches, 16)
+        held, fetched = await _in_hand(book, cycles)
+    finally:
+        router.cancel()
+        await replies.stop()
+        await producer.stop()
+    return {"sequential": sequential, "parallel": parallel, "held": held,
+            "to_limiter": [h[0] for h in hops], "from_limiter": [h[1] for h in hops],
+            "fetched": fetched, "cycles": cycles}
+
+
+def _row(name: str, values: list[float]) -> str:
+    return (f"| {name} | {len(values)} | {statistics.median(values):.3f} | "
+            f"{percentile(values, 0.99):.3f} | {max(values):.3f} |")
+
+
+def render(r: dict[str, object]) -> str:
+    held: list[float] = r["held"]  # type: ignore[assignment]
+    seq: list[float] = r["sequential"]  # type: ignore[assignment]
+    par: list[float] = r["parallel"]  # type: ignore[assignment]
+    in_hand_p50 = statistics.median(held)
+    fetch_p99 = percentile(seq, 0.99)
+    verdict = lambda ok: "met" if ok else "**not met**"  # noqa: E731
+    return "\n".join([
+        f"Run {datetime.now(UTC):%Y-%m-%d %H:%M} UTC on {cpu()}: embedded broker (Tansu), "
+        "one `sluice streams` worker, the gateway's `LeaseBook` driven in-process.",
+        "",
+        "| measurement | n | p50 ms | p99 ms | max ms |",
+        "|---|---|---|---|---|",
+        _row("admission, lease in hand", held),
+        _row("lease fetch, one at a time", seq),
+        _row("— leg 1: request to grant", r["to_limiter"]),  # type: ignore[arg-type]
+        _row("— leg 2: grant to gateway", r["from_limiter"]),  # type: ignore[arg-type]
+        _row("lease fetch, 16 at once", par),
+        "",
+        f"Of {r['cycles']} admissions on one busy key, {r['fetched']} fetched a new lease "
+        f"(the lease grows to `SLUICE_LEASE_MAX_REQUESTS` requests for a hot key).",
+        "",
+        f"- Admission with a lease in hand: p50 {in_hand_p50 * 1000:.1f} µs "
+        f"(target ≤ {TARGET_IN_HAND_P50_MS} ms: {verdict(in_hand_p50 <= TARGET_IN_HAND_P50_MS)}).",
+        f"- Lease fetch: p99 {fetch_p99:.2f} ms "
+        f"(target ≤ {TARGET_FETCH_P99_MS:g} ms: {verdict(fetch_p99 <= TARGET_FETCH_P99_MS)}).",
+    ])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--fetches", type=int, default=2000)
+    parser.add_argument("--cycles", type=int, default=20000)
+    args = parser.parse_args()
+    with broker("admission-broker") as bootstrap, tempfile.TemporaryDirectory() as home:
+        port = free_port()
+        streams = Child("admission-streams", ["streams"], {
+            "SLUICE_KAFKA_BOOTSTRAP": bootstrap, "SLUICE_HOME": home,
+            "SLUICE_STREAMS_PORT": str(port)})
+        try:
+            wait_http(f"http://127.0.0.1:{port}/ready", streams)
+            result = asyncio.run(run(bootstrap, args.fetches, args.cycles))
+        finally:
+            streams.stop()
+    body = render(result)
+    write_section("admission", "Admission by leases", body)
+    print(body)
+
+
+if __name__ == "__main__":
+    main()

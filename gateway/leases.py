@@ -1,0 +1,235 @@
+"""Admission by leases: each key's budget, a slice at a time, from the streams limiter.
+
+A request is admitted against the lease this gateway holds for its key: one request,
+its token reservation and one concurrency slot, all taken locally without a round trip.
+When the lease runs short, expires or was never fetched, the gateway asks the limiter
+for another (one Kafka round trip; concurrent requests for the key share it). The lease
+it asks for grows with the key's recent rate here, so a quiet key takes one request at a
+time (exact) and a hot one takes enough to last the lease's life (fast).
+
+Whatever a lease had left when it is replaced goes back with the next request; slots
+come back when requests end, and idle ones are handed back by a periodic sweep.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import time
+from dataclasses import dataclass, field
+
+from aiokafka import AIOKafkaProducer
+
+from gateway.exceptions import RateLimited, ServiceUnavailable
+from gateway.keys import Principal
+from gateway.replies import ReplyRouter
+from schemas import topics
+from schemas.events import LeaseGranted, LeaseRequested, RateSnapshot
+
+
+@dataclass
+class Lease:
+    requests: int = 0
+    tokens: int = 0
+    slots: int = 0
+    in_use: int = 0
+    granted_at: float = 0.0
+    expires_at: float = 0.0
+    snapshot: RateSnapshot | None = None
+    denial: LeaseGranted | None = None
+    denied_until: float = 0.0
+    rate: float = 0.0  # admissions per second here, smoothed
+    last_admit: float = 0.0
+    last_renewal: float = 0.0
+    fetching: asyncio.Future[None] | None = field(default=None, repr=False)
+
+    def usable(self, now: float, tokens: int) -> bool:
+        return (now < self.expires_at and self.requests >= 1 and self.tokens >= tokens
+                and self.in_use < self.slots)
+
+
+def _duration(seconds: float) -> str:
+    """OpenAI's reset format: `1s`, `6m0s`, `0.25s`."""
+    seconds = max(0.0, seconds)
+    if seconds < 60:
+        return f"{seconds:.3g}s"
+    minutes, rest = divmod(int(seconds), 60)
+    return f"{minutes}m{rest}s"
+
+
+def headers(lease: Lease | None, now: float) -> dict[str, str]:
+    """The `x-ratelimit-*` headers from the last snapshot, aged to `now`."""
+    if lease is None or lease.snapshot is None:
+        return {}
+    s, age = lease.snapshot, now - lease.granted_at
+    return {
+        "x-ratelimit-limit-requests": str(s.requests_limit),
+        "x-ratelimit-remaining-requests": str(s.requests_remaining + lease.requests),
+        "x-ratelimit-reset-requests": _duration(s.requests_reset_s - age),
+        "x-ratelimit-limit-tokens": str(s.tokens_limit),
+        "x-ratelimit-remaining-tokens": str(s.tokens_remaining + lease.tokens),
+        "x-ratelimit-reset-tokens": _duration(s.tokens_reset_s - age),
+    }
+
+
+class Admitted:
+    """A request's hold on its key's budget; `release` gives the slot back."""
+
+    def __init__(self, book: LeaseBook | None, key_id: str, tokens: int, at: float,
+                 headers: dict[str, str]) -> None:
+        self._book = book
+        self.key_id = key_id
+        self.tokens = tokens
+        self.reserved_at = at
+        self.admitted_at = time.time()
+        self.headers = headers
+
+    def release(self) -> None:
+        if self._book is not None:
+            self._book.release(self.key_id)
+            self._book = None
+
+
+class LeaseBook:
+    def __init__(self, producer: AIOKafkaProducer, replies: ReplyRouter, gateway_id: str,
+                 reply_topic: str, *, timeout: float, lease_ttl: float, max_requests: int,
+                 denial_cache_s: float = 0.5, slot_renew_s: float = 10.0) -> None:
+        self._producer = producer
+        self._replies = replies
+        self._gateway_id = gateway_id
+        self._reply_topic = reply_topic
+        self._timeout = timeout
+        self._lease_ttl = lease_ttl
+        self._max_requests = max_requests
+        self._denial_cache_s = denial_cache_s
+        self._slot_renew_s = slot_renew_s
+        self.leases: dict[str, Lease] = {}
+
+    def lease(self, key_id: str) -> Lease | None:
+        return self.leases.get(key_id)
+
+    async def admit(self, principal: Principal, tokens: int) -> Admitted:
+        """Admit one request needing `tokens`, or raise RateLimited / ServiceUnavailable."""
+        if principal.admin:
+            return Admitted(None, principal.key_id, 0, time.time(), {})
+        lease = self.leases.setdefault(principal.key_id, Lease())
+        while True:
+            now = time.time()
+            if lease.usable(now, tokens):
+                lease.requests -= 1
+                lease.tokens -= tokens
+                lease.in_use += 1
+                elapsed = now - lease.last_admit if lease.last_admit else 1.0
+                lease.rate = 0.8 * lease.rate + 0.2 / max(elapsed, 1e-3)
+                lease.last_admit = now
+                return Admitted(self, principal.key_id, tokens, lease.granted_at,
+                                headers(lease, now))
+            if lease.denied_until > now and lease.denial is not None:
+                raise _rejection(lease.denial, lease, now)
+            await self._refill(principal, lease, tokens)
+
+    def release(self, key_id: str) -> None:
+        lease = self.leases.get(key_id)
+        if lease is not None and lease.in_use > 0:
+            lease.in_use -= 1
+
+    async def _refill(self, principal: Principal, lease: Lease, tokens: int) -> None:
+        if lease.fetching is not None:  # one round trip per key at a time; share it
+            await asyncio.shield(lease.fetching)
+            return
+        lease.fetching = asyncio.get_running_loop().create_future()
+        try:
+            await self._ask(principal, lease, tokens)
+        finally:
+            fetching, lease.fetching = lease.fetching, None
+            if not fetching.done():
+                fetching.set_result(None)
+
+    async def _ask(self, principal: Principal, lease: Lease, tokens: int) -> None:
+        now = time.time()
+        expired = now >= lease.expires_at
+        wanted = max(1, min(self._max_requests, math.ceil(lease.rate * self._lease_ttl)))
+        returned_requests = lease.requests if expired else 0
+        returned_tokens = lease.tokens if expired else 0
+        if expired:
+            lease.requests = lease.tokens = 0
+        need_requests = wanted if lease.requests < 1 else 0
+        need_tokens = max(0, tokens * max(1, need_requests) - lease.tokens)
+        req = LeaseRequested(
+            key_id=principal.key_id, tenant=principal.tenant, gateway_id=self._gateway_id,
+            reply_topic=self._reply_topic, requests=need_requests, tokens=need_tokens,
+            tokens_min=max(0, tokens - lease.tokens) if need_tokens else 0,
+            slots=1 if lease.in_use >= lease.slots else 0, held_slots=lease.slots,
+            returned_requests=returned_requests, returned_tokens=returned_tokens,
+            returned_at=lease.granted_at if (returned_requests or returned_tokens) else 0.0,
+            limits=principal.limits, budgets=principal.budgets)
+        grant = await self._round_trip(req)
+        lease.snapshot = grant.snapshot
+        if grant.denied:
+            lease.denial = grant
+            lease.denied_until = time.time() + min(grant.retry_after_s, self._denial_cache_s)
+            lease.granted_at = grant.granted_at
+            raise _rejection(grant, lease, time.time())
+        lease.requests += grant.requests
+        lease.tokens += grant.tokens
+        lease.slots += grant.slots
+        lease.granted_at, lease.expires_at = grant.granted_at, grant.expires_at
+        lease.last_renewal = grant.granted_at
+        lease.denial, lease.denied_until = None, 0.0
+
+    async def _round_trip(self, req: LeaseRequested) -> LeaseGranted:
+        pending = self._replies.open(req.event_id)
+        try:
+            await self._producer.send(topics.LEASES, req.encode(), key=req.key_id.encode())
+            reply = await pending.get_event(timeout=self._timeout)
+        except TimeoutError:
+            raise ServiceUnavailable(
+                "The rate limiter did not answer in time. Please retry shortly.",
+                code="limiter_unavailable") from None
+        finally:
+            self._replies.close(req.event_id)
+        assert isinstance(reply, LeaseGranted)
+        return reply
+
+    async def sweep(self, principal_of: dict[str, Principal]) -> None:
+        """Hand back idle slots and keep held ones alive; called every few seconds."""
+        now = time.time()
+        for key_id, lease in list(self.leases.items()):
+            principal = principal_of.get(key_id)
+            if principal is None or lease.fetching is not None:
+                continue
+            idle = now - lease.last_admit > self._lease_ttl
+            shrink = idle and lease.slots > lease.in_use
+            renew = lease.in_use and now - lease.last_renewal > self._slot_renew_s
+            stale = idle and now >= lease.expires_at and (lease.requests or lease.tokens)
+            if not (shrink or renew or stale):
+                continue
+            held = lease.in_use if shrink else lease.slots
+            req = LeaseRequested(
+                key_id=key_id, tenant=principal.tenant, gateway_id=self._gateway_id,
+                reply_topic=self._reply_topic, requests=0, tokens=0, slots=0,
+                held_slots=held, returned_requests=lease.requests if stale else 0,
+                returned_tokens=lease.tokens if stale else 0,
+                returned_at=lease.granted_at if stale else 0.0,
+                limits=principal.limits, budgets=principal.budgets)
+            with contextlib.suppress(ServiceUnavailable):
+                lease.fetching = asyncio.get_running_loop().create_future()
+                try:
+                    grant = await self._round_trip(req)
+                finally:
+                    lease.fetching.set_result(None)
+                    lease.fetching = None
+                lease.slots = held
+                lease.last_renewal = grant.granted_at
+                if stale:
+                    lease.requests = lease.tokens = 0
+            if lease.slots == 0 and lease.in_use == 0 and idle and not lease.requests:
+                del self.leases[key_id]
+
+
+def _rejection(grant: LeaseGranted, lease: Lease, now: float) -> RateLimited:
+    retry = max(1, math.ceil(grant.retry_after_s - (now - grant.granted_at)))
+    return RateLimited(grant.message or "Rate limit reached.",
+                       code=grant.denied or "rate_limit_exceeded",
+                       retry_after=retry, headers=headers(lease, now))

@@ -1,0 +1,22 @@
+"""`sluice streams`: run the Faust worker (topics first, then tables recover, then agents)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from schemas import topics
+from streams.settings import Settings
+
+
+def run(settings: Settings | None = None) -> None:
+    settings = settings or Settings()
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    asyncio.run(topics.ensure(settings.kafka_bootstrap))
+    (settings.home / "streams").mkdir(parents=True, exist_ok=True)  # Faust makes one level
+    import faust
+
+    from streams.app import app
+
+    worker = faust.Worker(app, loglevel="INFO", quiet=True, override_logging=False)
+    worker.execute_from_commandline()

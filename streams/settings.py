@@ -1,0 +1,27 @@
+"""Streams configuration, read once at start from `SLUICE_*` environment variables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SLUICE_", extra="ignore")
+
+    home: Path = Field(default_factory=lambda: Path.home() / ".cache" / "sluice")
+    kafka_bootstrap: str = "127.0.0.1:9092"
+    streams_id: str = "sluice-streams"
+    # Faust waits 1.5 s per fetch by default; Tansu answers only when the wait ends.
+    streams_fetch_wait_ms: int = 3
+    streams_host: str = "127.0.0.1"
+    streams_port: int = 6066
+    session_timeout_s: float = 10.0
+    commit_interval_s: float = 0.25
+    # Usage is billed in batches of at most this many events, taken within this long.
+    streams_batch_max: int = 1000
+    streams_batch_wait_s: float = 0.02
+    lease_ttl_s: float = 2.0
+    slot_ttl_s: float = 30.0

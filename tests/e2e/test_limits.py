@@ -1,0 +1,283 @@
+"""Admission by leases, exact across gateway replicas; quotas, budgets and status routes."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import time
+import uuid
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from schemas import topics
+from schemas.events import BudgetAlert, RequestCompleted
+from tests.conftest import MODEL, Gateway, Proc, admin, create_key, start_gateway, wait_until
+from tests.events import read_events
+
+RATE_HEADERS = tuple(f"x-ratelimit-{what}-{unit}" for unit in ("requests", "tokens")
+                     for what in ("limit", "remaining", "reset"))
+
+
+def _tenant() -> str:
+    return f"limits-{uuid.uuid4().hex[:8]}"
+
+
+def _body(max_tokens: int = 1, stream: bool = False) -> dict[str, object]:
+    return {"model": MODEL, "max_tokens": max_tokens, "temperature": 0, "stream": stream,
+            "messages": [{"role": "user", "content": "Say hi."}]}
+
+
+@pytest.fixture(scope="module")
+def gateway_b(stack_env: dict[str, str], gateway: Gateway, worker: Proc) -> Iterator[Gateway]:
+    """A second replica on the same broker, with its own reply topic."""
+    gw = start_gateway("gateway-b", stack_env, gateway_id="gateway-b")
+    wait_until(lambda: gw.live_workers() >= 1, 30, "gateway-b to see the worker", gw.proc)
+    yield gw
+    gw.proc.stop(30)
+
+
+async def _flood(gateways: list[Gateway], secret: str, n: int, body: dict[str, object]
+                 ) -> list[httpx.Response]:
+    """`n` requests at once, alternating between gateways."""
+    limits = httpx.Limits(max_connections=n + 10, max_keepalive_connections=n + 10)
+    async with httpx.AsyncClient(timeout=300, limits=limits,
+                                 headers={"Authorization": f"Bearer {secret}"}) as http:
+        async def one(i: int) -> httpx.Response:
+            gw = gateways[i % len(gateways)]
+            return await http.post(f"{gw.base_url}/chat/completions", json=body)
+
+        return list(await asyncio.gather(*(one(i) for i in range(n))))
+
+
+def _completed(bootstrap: str, key_id: str, count: int) -> list[RequestCompleted]:
+    def mine(events: list[object]) -> list[RequestCompleted]:
+        return [e for e in events if isinstance(e, RequestCompleted) and e.key_id == key_id]
+
+    return mine(read_events(bootstrap, topics.REQUESTS, lambda ev: len(mine(ev)) >= count, 60))
+
+
+def _max_overlap(intervals: list[tuple[float, float]]) -> int:
+    edges = sorted([(start, 1) for start, _ in intervals] + [(end, -1) for _, end in intervals],
+                   key=lambda e: (e[0], e[1]))
+    level = peak = 0
+    for _, step in edges:
+        level += step
+        peak = max(peak, level)
+    return peak
+
+
+def test_exact_request_count_across_two_gateways(
+    bootstrap: str, gateway: Gateway, gateway_b: Gateway
+) -> None:
+    """300 requests at once through two replicas for a key allowed 40: exactly 40 pass."""
+    allowed = 40
+    key = create_key(gateway, _tenant(), tier="enterprise",
+                     limits={"burst": allowed, "requests_per_minute": 0, "concurrent": 1000})
+    wait_until(lambda: httpx.get(f"{gateway_b.base_url}/models", timeout=5, headers={
+        "Authorization": f"Bearer {key['secret']}"}).status_code == 200, 10,
+        "gateway-b to learn the key")
+    replies = asyncio.run(_flood([gateway, gateway_b], str(key["secret"]), 300, _body()))
+    statuses = collections.Counter(r.status_code for r in replies)
+    assert statuses == {200: allowed, 429: 300 - allowed}, statuses
+    for r in replies:
+        if r.status_code == 429:
+            error = r.json()["error"]
+            assert error["code"] == "rate_limit_exceeded" and error["type"] == "requests"
+            assert int(r.headers["retry-after"]) >= 1
+        for name in RATE_HEADERS:
+            assert name in r.headers, (r.status_code, name)
+    by_gateway = collections.Counter(i % 2 for i, r in enumerate(replies) if r.status_code == 200)
+    assert set(by_gateway) == {0, 1}, "both replicas admitted some"
+    assert len(_completed(bootstrap, str(key["key_id"]), allowed)) == allowed
+
+
+def test_concurrency_never_exceeds_the_limit_across_gateways(
+    bootstrap: str, gateway: Gateway, gateway_b: Gateway
+) -> None:
+    limit = 3
+    key = create_key(gateway, _tenant(), tier="enterprise", limits={"concurrent": limit})
+    wait_until(lambda: httpx.get(f"{gateway_b.base_url}/models", timeout=5, headers={
+        "Authorization": f"Bearer {key['secret']}"}).status_code == 200, 10,
+        "gateway-b to learn the key")
+    replies = asyncio.run(_flood([gateway, gateway_b], str(key["secret"]), 60, _body(24)))
+    ok = [r for r in replies if r.status_code == 200]
+    rejected = [r for r in replies if r.status_code == 429]
+    assert ok and rejected and len(ok) + len(rejected) == len(replies)
+    assert all("concurrent" in r.json()["error"]["message"] for r in rejected)
+    events = _completed(bootstrap, str(key["key_id"]), len(ok))
+    assert len(events) == len(ok)
+    # Each request held its slot from admission until it ended (the event's time).
+    assert all(e.admitted_at is not None for e in events)
+    peak = _max_overlap([(e.admitted_at, e.ts) for e in events])  # type: ignore[misc]
+    assert 1 <= peak <= limit, peak
+
+
+def test_headers_and_rate_limit_status(gateway: Gateway, client: object) -> None:
+    key = create_key(gateway, _tenant(), tier="basic")
+    auth = {"Authorization": f"Bearer {key['secret']}"}
+    r = httpx.post(f"{gateway.base_url}/chat/completions", json=_body(4), headers=auth,
+                   timeout=120)
+    assert r.status_code == 200, r.text
+    assert r.headers["x-ratelimit-limit-requests"] == "60"
+    assert r.headers["x-ratelimit-limit-tokens"] == "100000"
+    assert 0 <= int(r.headers["x-ratelimit-remaining-requests"]) < 100
+    assert int(r.headers["x-ratelimit-remaining-tokens"]) < 100_000
+    assert r.headers["x-ratelimit-reset-tokens"].endswith("s")
+
+    status = httpx.get(f"{gateway.base_url}/rate-limit", headers=auth, timeout=10).json()
+    assert status["key_id"] == key["key_id"] and status["limits"]["concurrent"] == 5
+    assert status["requests"]["limit_per_minute"] == 60
+    assert status["requests"]["remaining"] < 100
+    assert 0 <= status["tokens"]["reset_s"] <= 60
+    assert status["concurrent"]["limit"] == 5
+
+    streamed = httpx.post(f"{gateway.base_url}/chat/completions", json=_body(4, stream=True),
+                          headers=auth, timeout=120)
+    assert streamed.status_code == 200 and "x-ratelimit-remaining-requests" in streamed.headers
+
+
+def _usage(gateway: Gateway, secret: str, period: str = "day") -> dict[str, object]:
+    r = httpx.get(f"{gateway.base_url}/usage", params={"period": period}, timeout=10,
+                  headers={"Authorization": f"Bearer {secret}"})
+    assert r.status_code == 200, r.text
+    return r.json()  # type: ignore[no-any-return]
+
+
+def test_usage_totals_are_live(gateway: Gateway, client: object) -> None:
+    tenant = _tenant()
+    keys = [create_key(gateway, tenant, tier="pro") for _ in range(2)]
+    sent = collections.defaultdict(int)
+    for i, key in enumerate(keys):
+        for _ in range(i + 1):
+            r = httpx.post(f"{gateway.base_url}/chat/completions", json=_body(5), timeout=120,
+                           headers={"Authorization": f"Bearer {key['secret']}"})
+            assert r.status_code == 200, r.text
+            sent[key["key_id"]] += r.json()["usage"]["total_tokens"]
+    first, second = (str(k["secret"]) for k in keys)
+
+    def tokens(body: dict[str, object], part: str) -> int:
+        t = body[part]
+        return int(t["prompt_tokens"]) + int(t["completion_tokens"])  # type: ignore[index]
+
+    wait_until(lambda: tokens(_usage(gateway, second), "tenant_totals") == sum(sent.values()),
+               10, "usage to be counted")
+    for period in ("day", "month"):
+        body = _usage(gateway, second, period)
+        assert body["key"]["requests"] == 2  # type: ignore[index]
+        assert tokens(body, "key") == sent[keys[1]["key_id"]]
+        assert body["tenant_totals"]["requests"] == 3  # type: ignore[index]
+    assert tokens(_usage(gateway, first), "key") == sent[keys[0]["key_id"]]
+
+    bad = httpx.get(f"{gateway.base_url}/usage", params={"period": "year"}, timeout=10,
+                    headers={"Authorization": f"Bearer {first}"})
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "period"
+
+
+def test_token_quota_blocks_with_insufficient_quota(
+    bootstrap: str, gateway: Gateway, client: object
+) -> None:
+    key = create_key(gateway, _tenant(), tier="pro",
+                     budgets={"daily_tokens": {"soft": 1, "hard": 20}})
+    auth = {"Authorization": f"Bearer {key['secret']}"}
+    first = httpx.post(f"{gateway.base_url}/chat/completions", json=_body(16), headers=auth,
+                       timeout=120)
+    assert first.status_code == 200, first.text
+    assert first.json()["usage"]["total_tokens"] >= 20
+
+    def blocked() -> bool:
+        r = httpx.post(f"{gateway.base_url}/chat/completions", json=_body(1), headers=auth,
+                       timeout=120)
+        if r.status_code != 429:
+            return False
+        error = r.json()["error"]
+        assert error["code"] == "insufficient_quota", error
+        assert int(r.headers["retry-after"]) >= 1
+        return True
+
+    wait_until(blocked, 10, "the quota to block the key")
+    alerts = read_events(bootstrap, topics.ALERTS, lambda ev: any(
+        isinstance(e, BudgetAlert) and e.key_id == key["key_id"] for e in ev), 20)
+    mine = [e for e in alerts if isinstance(e, BudgetAlert) and e.key_id == key["key_id"]]
+    assert mine and mine[0].budget == "daily_tokens" and mine[0].level == "soft"
+
+
+def test_spend_budget_blocks(gateway: Gateway, client: object) -> None:
+    with admin(gateway) as http:
+        r = http.put(f"/v1/admin/prices/{MODEL}", json={
+            "input_micros_per_million": 1_000_000, "output_micros_per_million": 2_000_000})
+        assert r.status_code == 200, r.text
+    # One request of ~30 tokens costs ~40 micro-dollars, over the hard budget of 10.
+    key = create_key(gateway, _tenant(), tier="pro",
+                     budgets={"daily_spend_micros": {"hard": 10}})
+    auth = {"Authorization": f"Bearer {key['secret']}"}
+    assert httpx.post(f"{gateway.base_url}/chat/completions", json=_body(8), headers=auth,
+                      timeout=120).status_code == 200
+
+    def blocked() -> bool:
+        r = httpx.post(f"{gateway.base_url}/chat/completions", json=_body(1), headers=auth,
+                       timeout=120)
+        return r.status_code == 429 and r.json()["error"]["code"] == "insufficient_quota"
+
+    wait_until(blocked, 10, "the spend budget to block the key")
+    assert int(_usage(gateway, str(key["secret"]))["key"]["cost_micros"]) > 10  # type: ignore[index]
+
+
+def test_revoked_key_stops_on_every_gateway_within_a_second(
+    gateway: Gateway, gateway_b: Gateway
+) -> None:
+    key = create_key(gateway, _tenant(), tier="free")
+    auth = {"Authorization": f"Bearer {key['secret']}"}
+    for gw in (gateway, gateway_b):
+        wait_until(lambda gw=gw: httpx.get(f"{gw.base_url}/models", headers=auth,
+                                           timeout=5).status_code == 200, 10, "the key to work")
+    with admin(gateway) as http:
+        assert http.delete(f"/v1/admin/keys/{key['key_id']}").json()["revoked"] is True
+    revoked_at = time.monotonic()
+    assert httpx.get(f"{gateway.base_url}/models", headers=auth, timeout=5).status_code == 401
+    while httpx.get(f"{gateway_b.base_url}/models", headers=auth, timeout=5).status_code != 401:
+        assert time.monotonic() - revoked_at < 1.0, "gateway-b still accepts the revoked key"
+        time.sleep(0.01)
+
+
+def test_unauthenticated_flood_is_limited_per_ip(
+    stack_env: dict[str, str], gateway: Gateway, api_key: str
+) -> None:
+    gw = start_gateway("gateway-flood", stack_env, gateway_id="gateway-flood",
+                       unauthenticated_per_minute="6", unauthenticated_burst="5",
+                       trusted_proxies="127.0.0.1/32")
+    try:
+        def bad(ip: str | None = None) -> int:
+            headers = {"Authorization": "Bearer sk-wrong"}
+            if ip:
+                headers["X-Forwarded-For"] = f"{ip}, 127.0.0.1"
+            return httpx.get(f"{gw.base_url}/models", headers=headers, timeout=5).status_code
+
+        assert [bad("203.0.113.7") for _ in range(5)] == [401] * 5
+        r = httpx.get(f"{gw.base_url}/models", timeout=5,
+                      headers={"Authorization": "Bearer sk-wrong",
+                               "X-Forwarded-For": "203.0.113.7"})
+        assert r.status_code == 429 and r.json()["error"]["code"] == "rate_limit_exceeded"
+        assert "retry-after" in r.headers
+        assert bad("198.51.100.9") == 401, "another client behind the proxy has its own budget"
+        good = httpx.get(f"{gw.base_url}/models", timeout=5,
+                         headers={"Authorization": f"Bearer {api_key}",
+                                  "X-Forwarded-For": "203.0.113.7"})
+        assert good.status_code == 200, "a valid key is never limited by the flood"
+    finally:
+        gw.proc.stop(30)
+
+
+def test_forwarded_for_is_ignored_from_untrusted_peers(
+    stack_env: dict[str, str], gateway: Gateway
+) -> None:
+    gw = start_gateway("gateway-untrusted", stack_env, gateway_id="gateway-untrusted",
+                       unauthenticated_per_minute="6", unauthenticated_burst="3")
+    try:
+        codes = [httpx.get(f"{gw.base_url}/models", timeout=5, headers={
+            "Authorization": "Bearer sk-wrong", "X-Forwarded-For": f"192.0.2.{i}"}).status_code
+            for i in range(5)]
+        assert codes == [401, 401, 401, 429, 429], "spoofed addresses share the peer's bucket"
+    finally:
+        gw.proc.stop(30)
