@@ -7,7 +7,7 @@ EXTRAS ?= cpu
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(EXTRAS)
 
-.PHONY: install model up test lint bench clean
+.PHONY: install model up test lint bench clean $(addprefix bench-,admission streams analytics serving)
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -39,8 +39,13 @@ test: model
 lint: install
 	$(BIN)/ruff check .
 
-bench: model
-	$(BIN)/python -m bench.serving
+# Each writes its own section of docs/benchmarks.md; run one with e.g. `make bench-admission`.
+BENCHES := admission streams analytics serving
+
+bench: $(addprefix bench-,$(BENCHES))
+
+$(addprefix bench-,$(BENCHES)): bench-%: model
+	$(BIN)/python -m bench.$*
 
 clean:
 	rm -rf $(VENV) test-output .pytest_cache

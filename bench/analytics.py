@@ -21,14 +21,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import os
-import platform
-import signal
-import socket
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -43,45 +37,17 @@ from analytics.api import create_app
 from analytics.settings import Settings
 from analytics.sink import Sink
 from analytics.warehouse import Warehouse
+from bench.common import broker, cpu, percentile
 from bench.report import write_section
 from schemas import topics
 from schemas.events import AnyEvent, CacheHit, LedgerEntry, RequestCompleted, UsageRecorded
 
-ROOT = Path(__file__).resolve().parent.parent
-LOGS = ROOT / "test-output" / "bench"
 TARGET_EVENTS_PER_S = 20_000
 TARGET_FRESHNESS_P95_S = 2.0
 TARGET_EXPORT_MS = 200.0
 TARGET_SUMMARY_MS = 300.0
 MODELS = ("smollm2-135m-instruct", "llama-3.1-8b-instruct", "qwen2.5-7b-instruct",
           "mistral-7b-instruct")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@contextlib.contextmanager
-def _broker() -> Any:
-    LOGS.mkdir(parents=True, exist_ok=True)
-    port = _free_port()
-    log = (LOGS / "analytics-broker.log").open("wb")
-    proc = subprocess.Popen([sys.executable, "-m", "deploy", "broker", "--port", str(port)],
-                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                            cwd=ROOT)
-    try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1):
-                break
-            time.sleep(0.1)
-        yield f"127.0.0.1:{port}"
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
 
 
 def _requests(n: int, now: float, tenants: int = 50) -> list[tuple[str, AnyEvent]]:
@@ -242,14 +208,9 @@ def merges_quiet(client: Any, timeout: float = 300) -> None:
         time.sleep(1)
 
 
-def _pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
-
-
 async def run(args: argparse.Namespace) -> str:
     home = Path(tempfile.mkdtemp(prefix="sluice-bench-analytics-"))
-    with _broker() as bootstrap:
+    with broker("analytics-broker") as bootstrap:
         settings = Settings(clickhouse_url=f"chdb://{home / 'clickhouse'}",
                             kafka_bootstrap=bootstrap, analytics_group="bench",
                             internal_token="bench", session_timeout_ms=6000,
@@ -262,7 +223,7 @@ async def run(args: argparse.Namespace) -> str:
         print(f"throughput: {tp['events']} events in {tp['seconds']:.2f}s "
               f"= {tp['per_s']:.0f}/s", flush=True)
         fresh = await freshness(settings, warehouse, args.rate, args.seconds)
-        print(f"freshness: p50 {statistics.median(fresh):.3f}s p95 {_pct(fresh, 0.95):.3f}s",
+        print(f"freshness: p50 {statistics.median(fresh):.3f}s p95 {percentile(fresh, 0.95):.3f}s",
               flush=True)
         tp["sink"].stop()
         await tp["task"]
@@ -275,13 +236,8 @@ async def run(args: argparse.Namespace) -> str:
 
 def _report(args: argparse.Namespace, tp: dict[str, Any], fresh: list[float],
             q: dict[str, Any]) -> str:
-    cpu = platform.processor() or platform.machine()
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    p50, p95 = statistics.median(fresh), _pct(fresh, 0.95)
+    machine = cpu()
+    p50, p95 = statistics.median(fresh), percentile(fresh, 0.95)
     ex50, ex_max = statistics.median(q["export"]), max(q["export"])
     su50, su_max = statistics.median(q["summary"]), max(q["summary"])
     when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
@@ -302,7 +258,7 @@ def _report(args: argparse.Namespace, tp: dict[str, Any], fresh: list[float],
          f"{su50 / TARGET_SUMMARY_MS:.2f}x of the limit"),
     ]
     return f"""
-Run {when} on {cpu}, {os.cpu_count()} cores; embedded ClickHouse (chDB) through
+Run {when} on {machine}, {os.cpu_count()} cores; embedded ClickHouse (chDB) through
 clickhouse-connect, embedded broker (Tansu). The sink runs in-process, with its defaults
 (batches of at most 50,000 events or 1 s), exactly as in `sluice analytics`.
 

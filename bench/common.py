@@ -37,36 +37,41 @@ def percentile(values: list[float], q: float) -> float:
 
 
 class Child:
-    """A `sluice <role>` child process in its own session, logging to test-output/bench."""
+    """A child process in its own session, logging to test-output/bench/<name>.log."""
 
-    def __init__(self, name: str, args: list[str], env: dict[str, str]) -> None:
+    def __init__(self, name: str, argv: list[str], env: dict[str, str]) -> None:
         LOGS.mkdir(parents=True, exist_ok=True)
+        self.name = name
         self.log = (LOGS / f"{name}.log").open("wb")
-        self.proc = subprocess.Popen([sys.executable, "-m", "deploy", *args],
-                                     env={**os.environ, **env}, stdout=self.log,
+        self.proc = subprocess.Popen(argv, env={**os.environ, **env}, stdout=self.log,
                                      stderr=subprocess.STDOUT, start_new_session=True,
                                      cwd=ROOT)
 
     def check(self) -> None:
         if self.proc.poll() is not None:
-            raise RuntimeError(f"{self.log.name} exited")
+            raise RuntimeError(f"{self.name} exited; see {self.log.name}")
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = 60) -> None:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             with contextlib.suppress(subprocess.TimeoutExpired):
-                self.proc.wait(30)
+                self.proc.wait(timeout)
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.proc.pid, signal.SIGKILL)
         self.proc.wait()
         self.log.close()
 
 
+def sluice(name: str, args: list[str], env: dict[str, str]) -> Child:
+    """`sluice <args>` as a child."""
+    return Child(name, [sys.executable, "-m", "deploy", *args], env)
+
+
 @contextlib.contextmanager
 def broker(name: str = "broker") -> Iterator[str]:
     """The embedded broker on a free port, for the length of the block."""
     port = free_port()
-    child = Child(name, ["broker", "--port", str(port)], {})
+    child = sluice(name, ["broker", "--port", str(port)], {})
     try:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
@@ -79,13 +84,14 @@ def broker(name: str = "broker") -> Iterator[str]:
         child.stop()
 
 
-def wait_http(url: str, child: Child, timeout: float = 120) -> None:
-    """Until `url` answers 200 (the child must stay alive meanwhile)."""
+def wait_http(url: str, *children: Child, timeout: float = 300) -> None:
+    """Until `url` answers 200 (the children must stay alive meanwhile)."""
     import httpx
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        child.check()
+        for child in children:
+            child.check()
         with contextlib.suppress(httpx.HTTPError):
             if httpx.get(url, timeout=2).status_code == 200:
                 return

@@ -12,6 +12,7 @@ import argparse
 import asyncio
 import itertools
 import json
+import os
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -102,10 +103,11 @@ async def _one(client: httpx.AsyncClient, url: str, model: str, prompt: str,
 
 
 async def run(base_url: str, model: str, concurrency: int, requests: int,
-              max_tokens: int = 64, warmup: int = 2) -> Report:
+              max_tokens: int = 64, warmup: int = 2, api_key: str | None = None) -> Report:
     url = base_url.rstrip("/") + "/chat/completions"
     limits = httpx.Limits(max_connections=concurrency + 4)
-    async with httpx.AsyncClient(timeout=600, limits=limits) as client:
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    async with httpx.AsyncClient(timeout=600, limits=limits, headers=headers) as client:
         for i in range(warmup):
             await _one(client, url, model, PROMPTS[i % len(PROMPTS)], 8)
         queue: asyncio.Queue[int] = asyncio.Queue()
@@ -135,8 +137,10 @@ def main() -> None:
     p.add_argument("--concurrency", type=int, default=1)
     p.add_argument("--requests", type=int, default=16)
     p.add_argument("--max-tokens", type=int, default=64)
+    p.add_argument("--api-key", default=os.environ.get("OPENAI_API_KEY"))
     a = p.parse_args()
-    report = asyncio.run(run(a.base_url, a.model, a.concurrency, a.requests, a.max_tokens))
+    report = asyncio.run(run(a.base_url, a.model, a.concurrency, a.requests, a.max_tokens,
+                             api_key=a.api_key))
     print(json.dumps(report.summary(), indent=1))
 
 

@@ -11,14 +11,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import os
-import platform
-import signal
-import socket
+import secrets
 import statistics
-import subprocess
 import sys
 import time
 from datetime import UTC, datetime
@@ -27,90 +23,61 @@ from pathlib import Path
 import httpx
 
 from bench import loadgen
+from bench.common import Child, cpu, free_port, sluice, wait_http
 from bench.report import write_section
 from deploy.supervisor import side_cpus
 
 MODEL = "smollm2-135m-instruct"
-ROOT = Path(__file__).resolve().parent.parent
-LOGS = ROOT / "test-output" / "bench"
 ENGINE = {"max_model_len": 2048, "max_num_seqs": 64, "kv_cache_gib": 2}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class Service:
-    def __init__(self, name: str, argv: list[str], env: dict[str, str]) -> None:
-        LOGS.mkdir(parents=True, exist_ok=True)
-        self.name = name
-        self.log = (LOGS / f"{name}.log").open("wb")
-        self.proc = subprocess.Popen(argv, env={**os.environ, **env}, stdout=self.log,
-                                     stderr=subprocess.STDOUT, start_new_session=True,
-                                     cwd=ROOT)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.proc.wait(60)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        self.proc.wait()
-        self.log.close()
-
-
-def _wait(url: str, services: list[Service], timeout: float = 300) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for s in services:
-            if s.proc.poll() is not None:
-                raise RuntimeError(f"{s.name} exited; see {s.log.name}")
-        with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(url, timeout=2).status_code == 200:
-                return
-        time.sleep(0.5)
-    raise RuntimeError(f"{url} not ready")
-
-
-def _vllm(folder: str, dtype: str) -> tuple[list[Service], str]:
-    port = _free_port()
+def _vllm(folder: str, dtype: str) -> tuple[list[Child], str, str | None]:
+    port = free_port()
     argv = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", folder,
             "--served-model-name", MODEL, "--enforce-eager", "--dtype", dtype,
             "--max-model-len", str(ENGINE["max_model_len"]),
             "--max-num-seqs", str(ENGINE["max_num_seqs"]), "--port", str(port),
             "--disable-log-stats"]
     env = {"VLLM_CPU_KVCACHE_SPACE": str(ENGINE["kv_cache_gib"])}
-    services = [Service("vllm", argv, env)]
-    _wait(f"http://127.0.0.1:{port}/v1/models", services)
-    return services, f"http://127.0.0.1:{port}/v1"
+    services = [Child("vllm", argv, env)]
+    wait_http(f"http://127.0.0.1:{port}/v1/models", *services)
+    return services, f"http://127.0.0.1:{port}/v1", None
 
 
-def _sluice(home: Path, dtype: str) -> tuple[list[Service], str]:
-    broker_port, port = _free_port(), _free_port()
-    me = [sys.executable, "-m", "deploy"]
+def _sluice(home: Path, dtype: str) -> tuple[list[Child], str, str | None]:
+    """The whole path a request takes: broker, streams (leases), worker, gateway; and an
+    enterprise key, whose limits the load stays well inside."""
+    broker_port, streams_port, port = free_port(), free_port(), free_port()
+    admin = secrets.token_urlsafe(24)
     env = {"SLUICE_HOME": str(home), "SLUICE_KAFKA_BOOTSTRAP": f"127.0.0.1:{broker_port}",
            "SLUICE_DTYPE": dtype, "SLUICE_MAX_MODEL_LEN": str(ENGINE["max_model_len"]),
            "SLUICE_MAX_NUM_SEQS": str(ENGINE["max_num_seqs"]),
-           "SLUICE_KV_CACHE_GIB": str(ENGINE["kv_cache_gib"])}
+           "SLUICE_KV_CACHE_GIB": str(ENGINE["kv_cache_gib"]), "SLUICE_ADMIN_KEY": admin,
+           "SLUICE_STREAMS_PORT": str(streams_port),
+           "SLUICE_STREAMS_URL": f"http://127.0.0.1:{streams_port}"}
     # Placed as `sluice up` places them.
     side = {"SLUICE_CPUS": json.dumps(cpus)} if (cpus := side_cpus()) else {}
-    services = [Service("sluice-broker", [*me, "broker", "--port", str(broker_port)],
-                        {**env, **side})]
+    services = [sluice("sluice-broker", ["broker", "--port", str(broker_port)],
+                       {**env, **side})]
     time.sleep(0.5)
-    services.append(Service("sluice-worker", [*me, "worker", "--model", MODEL], env))
-    services.append(Service("sluice-gateway", [*me, "gateway", "--port", str(port)],
-                            {**env, **side}))
-    _wait(f"http://127.0.0.1:{port}/ready", services)
-    return services, f"http://127.0.0.1:{port}/v1"
+    services.append(sluice("sluice-streams", ["streams"], {**env, **side}))
+    wait_http(f"http://127.0.0.1:{streams_port}/ready", *services)
+    services.append(sluice("sluice-worker", ["worker", "--model", MODEL], env))
+    services.append(sluice("sluice-gateway", ["gateway", "--port", str(port)],
+                           {**env, **side}))
+    url = f"http://127.0.0.1:{port}"
+    wait_http(f"{url}/ready", *services)
+    key = httpx.post(f"{url}/v1/admin/keys", json={"tenant": "bench", "tier": "enterprise"},
+                     headers={"Authorization": f"Bearer {admin}"}, timeout=30).json()
+    return services, f"{url}/v1", key["secret"]
 
 
-def _measure(base_url: str, loads: list[tuple[int, int]], max_tokens: int) -> dict[int, dict]:
+def _measure(base_url: str, api_key: str | None, loads: list[tuple[int, int]],
+             max_tokens: int) -> dict[int, dict]:
     out = {}
     for concurrency, requests in loads:
-        report = asyncio.run(loadgen.run(base_url, MODEL, concurrency, requests, max_tokens))
+        report = asyncio.run(loadgen.run(base_url, MODEL, concurrency, requests, max_tokens,
+                                         api_key=api_key))
         out[concurrency] = report.summary()
         print(f"  c={concurrency}: " + ", ".join(
             f"{k}={v:.1f}" for k, v in out[concurrency].items() if isinstance(v, float)),
@@ -120,10 +87,8 @@ def _measure(base_url: str, loads: list[tuple[int, int]], max_tokens: int) -> di
 
 def _cpu() -> str:
     info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    name = next((line.split(":", 1)[1].strip() for line in info.splitlines()
-                 if line.startswith("model name")), platform.machine())
     simd = "AVX-512" if "avx512f" in info else "AVX2" if "avx2" in info else "no AVX2"
-    return f"{name} ({simd})"
+    return f"{cpu()} ({simd})"
 
 
 def _median(runs: list[dict[int, dict]], concurrency: int, key: str) -> float:
@@ -138,8 +103,9 @@ def render(results: dict[str, list[dict[int, dict]]], dtype: str, max_tokens: in
         f"model {MODEL} ({dtype}, eager), "
         f"max_num_seqs {ENGINE['max_num_seqs']}; {max_tokens} output tokens per request, "
         f"temperature 0; {rounds} alternating round(s), medians shown. "
-        "vLLM = `python -m vllm.entrypoints.openai.api_server`; Sluice = gateway -> Kafka "
-        "(embedded Tansu) -> worker -> Kafka -> gateway, same engine settings.",
+        "vLLM = `python -m vllm.entrypoints.openai.api_server`; Sluice = gateway (bearer "
+        "key, admission by lease) -> Kafka (embedded Tansu) -> worker -> Kafka -> gateway, "
+        "with the streams app granting leases; same engine settings.",
         "",
         "| concurrency | server | TTFT p50 ms | TTFT p99 ms | ITL p50 ms | ITL p99 ms "
         "| output tok/s |",
@@ -186,9 +152,9 @@ def main() -> None:
         for name, start in (("vllm", lambda: _vllm(str(folder), dtype)),
                             ("sluice", lambda: _sluice(home, dtype))):
             print(f"round {round_ + 1}: {name}", flush=True)
-            services, base_url = start()
+            services, base_url, api_key = start()
             try:
-                results[name].append(_measure(base_url, loads, a.max_tokens))
+                results[name].append(_measure(base_url, api_key, loads, a.max_tokens))
             finally:
                 for s in reversed(services):
                     s.stop()

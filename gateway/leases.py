@@ -5,7 +5,9 @@ its token reservation and one concurrency slot, all taken locally without a roun
 When the lease runs short, expires or was never fetched, the gateway asks the limiter
 for another (one Kafka round trip; concurrent requests for the key share it). The lease
 it asks for grows with the key's recent rate here, so a quiet key takes one request at a
-time (exact) and a hot one takes enough to last the lease's life (fast).
+time (exact) and a hot one takes enough to last the lease's life (fast). A key in use
+gets its next lease fetched in the background as soon as the last request of the
+current one is admitted, so its requests seldom wait for the round trip at all.
 
 Whatever a lease had left when it is replaced goes back with the next request; slots
 come back when requests end, and idle ones are handed back by a periodic sweep.
@@ -73,6 +75,11 @@ def headers(lease: Lease | None, now: float) -> dict[str, str]:
     }
 
 
+# Prefetch a key's next lease when it is expected to see this many requests within a
+# lease's life: 0.5 means roughly one request per two lease lifetimes or more often.
+PREFETCH_AT = 0.5
+
+
 class Admitted:
     """A request's hold on its key's budget; `release` gives the slot back."""
 
@@ -105,6 +112,7 @@ class LeaseBook:
         self._denial_cache_s = denial_cache_s
         self._slot_renew_s = slot_renew_s
         self.leases: dict[str, Lease] = {}
+        self._background: set[asyncio.Task[None]] = set()
 
     def lease(self, key_id: str) -> Lease | None:
         return self.leases.get(key_id)
@@ -123,11 +131,29 @@ class LeaseBook:
                 elapsed = now - lease.last_admit if lease.last_admit else 1.0
                 lease.rate = 0.8 * lease.rate + 0.2 / max(elapsed, 1e-3)
                 lease.last_admit = now
-                return Admitted(self, principal.key_id, tokens, lease.granted_at,
-                                headers(lease, now))
+                admitted = Admitted(self, principal.key_id, tokens, lease.granted_at,
+                                    headers(lease, now))
+                if lease.requests < 1 and lease.rate * self._lease_ttl >= PREFETCH_AT:
+                    self._prefetch(principal, lease, tokens)
+                return admitted
             if lease.denied_until > now and lease.denial is not None:
                 raise _rejection(lease.denial, lease, now)
             await self._refill(principal, lease, tokens)
+
+    def _prefetch(self, principal: Principal, lease: Lease, tokens: int) -> None:
+        """Fetch the next lease now, in the background, so that the key's next request
+        finds one in hand instead of waiting a round trip. What it does not use goes back
+        when the lease expires, as always."""
+        if lease.fetching is not None:
+            return
+        task = asyncio.get_running_loop().create_task(self._refill(principal, lease, tokens))
+        self._background.add(task)
+        task.add_done_callback(self._prefetched)
+
+    def _prefetched(self, task: asyncio.Task[None]) -> None:
+        self._background.discard(task)
+        if not task.cancelled():
+            task.exception()  # a denial or timeout is kept on the lease or retried; not raised
 
     def release(self, key_id: str) -> None:
         lease = self.leases.get(key_id)

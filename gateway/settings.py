@@ -46,7 +46,9 @@ class Settings(BaseSettings):
     internal_token: str = Field(default="", description="Shown to the analytics API in "
                                 "`x-sluice-internal-token` (the same setting as its own).")
     lease_timeout_s: float = 2.0
-    lease_ttl_s: float = 2.0
+    # How long a gateway may keep an unused slice of a key's budget (capped at the
+    # minute's end); what it did not use goes back with its next lease request.
+    lease_ttl_s: float = 10.0
     lease_max_requests: int = 64
     default_reserved_tokens: int = Field(
         default=512, description="Tokens held for a request that sets no max_tokens.")

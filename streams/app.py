@@ -89,6 +89,20 @@ prices = app.GlobalTable("prices", key_type=bytes,
                          partitions=topics.static(topics.PRICES).partitions)
 
 _reply_topics: dict[str, Any] = {}
+_layouts_known = asyncio.Event()
+
+
+@app.task
+async def learn_changelog_layouts() -> None:
+    """The tables above pick a changelog partition by key, which needs the producer to
+    know each changelog's partitions before the first write; learn them at start."""
+    producer = app.producer._ensure_producer()
+    for table in (accounts, tenant_totals):
+        # Tracked, not just looked up: a later metadata refresh covers only tracked
+        # topics, and would forget a changelog the first (all-topics) load had.
+        await producer.client.add_topic(table.changelog_topic.get_topic_name())
+        await producer.partitions_for(table.changelog_topic.get_topic_name())
+    _layouts_known.set()
 
 
 def _reply_topic(name: str) -> Any:
@@ -119,6 +133,11 @@ async def grant_leases(stream: Any) -> None:
         grant, crossed = account.grant(req, time.time(), settings.lease_ttl_s,
                                        settings.slot_ttl_s)
         account.mark(source, event.message.offset)
+        # Written before the answer goes out: between loading an account and writing it
+        # back no agent may await, or usage billed meanwhile (`bill_usage`) would be
+        # overwritten, and with it totals and applied offsets. A crash after this write
+        # and before the answer costs the grant (the replay is skipped, the gateway asks
+        # again), never more than the limit.
         accounts[req.key_id.encode()] = account.dump()
         await _reply_topic(req.reply_topic).send(key=req.event_id.encode(),
                                                  value=grant.encode())
@@ -325,9 +344,11 @@ async def ready(web: Any, request: Any) -> Any:
     lease requests and table reads. 503 while it joins, rebalances or recovers."""
     assigned = len(app.assignor.assigned_actives())
     recovered = app.tables.recovery.completed.is_set()
-    ok = assigned > 0 and recovered and not app.rebalancing
+    layouts = _layouts_known.is_set()
+    ok = assigned > 0 and recovered and layouts and not app.rebalancing
     return web.json({"ready": ok, "partitions": assigned, "recovered": recovered,
-                     "rebalancing": app.rebalancing}, status=200 if ok else 503)
+                     "layouts": layouts, "rebalancing": app.rebalancing},
+                    status=200 if ok else 503)
 
 
 def routed(table: Any, param: str) -> Callable[[Any], Any]:

@@ -16,6 +16,7 @@ come back when the request's usage arrives.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -276,5 +277,10 @@ class Account:
 
 def periods(ts: float) -> tuple[str, str]:
     """The UTC day and month of `ts`: `('2026-11-22', '2026-11')`."""
-    t = dt.datetime.fromtimestamp(ts, dt.UTC)
+    return _periods(int(ts // DAY))
+
+
+@functools.lru_cache(maxsize=64)
+def _periods(day: int) -> tuple[str, str]:
+    t = dt.datetime.fromtimestamp(day * DAY, dt.UTC)
     return t.strftime("%Y-%m-%d"), t.strftime("%Y-%m")

@@ -23,5 +23,7 @@ class Settings(BaseSettings):
     # Usage is billed in batches of at most this many events, taken within this long.
     streams_batch_max: int = 1000
     streams_batch_wait_s: float = 0.02
-    lease_ttl_s: float = 2.0
+    # How long a gateway may keep an unused slice of a key's budget (capped at the
+    # minute's end); what it did not use goes back with its next lease request.
+    lease_ttl_s: float = 10.0
     slot_ttl_s: float = 30.0
