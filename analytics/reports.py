@@ -45,10 +45,12 @@ def _hour_down(moment: datetime) -> datetime:
     return moment.replace(minute=0, second=0, microsecond=0)
 
 
-def _source(scope: Scope, period: Period, filters: Filters, *, minutes: bool = False
-            ) -> tuple[str, dict[str, Any]]:
+def _source(scope: Scope, period: Period, filters: Filters, *, minutes: bool = False,
+            by_key: bool = True) -> tuple[str, dict[str, Any]]:
     """The rollup rows of `period` that `scope` may read, as a subquery (from the minute
-    rollup only, when `minutes`)."""
+    rollup only, when `minutes`). Without `by_key` (and no key filter) whole hours come
+    from the per-tenant rollup, which has no key and far fewer rows."""
+    hours = "rollup_hour" if by_key or filters.key_id is not None else "rollup_tenant_hour"
     params: dict[str, Any] = {}
     where = []
     if not scope.everything:
@@ -72,7 +74,7 @@ def _source(scope: Scope, period: Period, filters: Filters, *, minutes: bool = F
     if minutes or first_hour >= last_hour:
         parts = [between("rollup_minute", "m", period.start, period.end)]
     else:
-        parts = [between("rollup_hour", "h", first_hour, last_hour)]
+        parts = [between(hours, "h", first_hour, last_hour)]
         if period.start < first_hour:
             parts.append(between("rollup_minute", "head", period.start, first_hour))
         if last_hour < period.end:
@@ -96,7 +98,8 @@ class Export:
                 "price_versions")
 
     def sql(self) -> tuple[str, dict[str, Any]]:
-        source, params = _source(self.scope, self.period, self.filters)
+        source, params = _source(self.scope, self.period, self.filters,
+                                 by_key="key" in self.dimensions)
         dims = ", ".join(f"{_DIMENSIONS[d][0]} AS {_DIMENSIONS[d][1]}" for d in self.dimensions)
         names = ", ".join(_DIMENSIONS[d][1] for d in self.dimensions)
         measures = ", ".join(f"sum({m}) AS {m}" for m in EXPORT_MEASURES)
@@ -115,7 +118,7 @@ class Export:
         return await warehouse.stream(sql, params)
 
     async def price_versions(self, warehouse: Warehouse) -> list[dict[str, Any]]:
-        source, params = _source(self.scope, self.period, self.filters)
+        source, params = _source(self.scope, self.period, self.filters, by_key=False)
         result = await warehouse.query(
             f"SELECT model, arraySort(groupUniqArrayArray(price_versions)), "
             f"sum(unpriced_entries) FROM {source} WHERE ledger_entries > 0 "
@@ -155,7 +158,7 @@ class Summary:
     top: int = 5
 
     def sql(self) -> tuple[str, dict[str, Any]]:
-        source, params = _source(self.scope, self.period, self.filters)
+        source, params = _source(self.scope, self.period, self.filters, by_key=False)
         sets = ["()", "(day)", "(model)"]
         if self.scope.everything:
             sets.append("(tenant)")
@@ -242,7 +245,7 @@ class Series:
 
     def sql(self) -> tuple[str, dict[str, Any]]:
         source, params = _source(self.scope, self.period, self.filters,
-                                 minutes=self.bucket == "minute")
+                                 minutes=self.bucket == "minute", by_key=False)
         sums = ", ".join(f"sum({s}) AS {s}" for s in _SUMS)
         sql = (f"SELECT toUInt32(toStartOfInterval(bucket, INTERVAL {self.step} SECOND)) AS t, "
                f"{sums}, {_QUANTILES}(latency_state) AS latency, "
@@ -286,7 +289,7 @@ async def _latest_prices(warehouse: Warehouse) -> dict[str, tuple[float, float]]
 
 async def tenants(warehouse: Warehouse, period: Period) -> list[dict[str, Any]]:
     """Every tenant's totals in `period`, biggest spender first (admin only)."""
-    source, params = _source(Scope(None), period, Filters())
+    source, params = _source(Scope(None), period, Filters(), by_key=False)
     sums = ", ".join(f"sum({s}) AS {s}" for s in _SUMS)
     result = await warehouse.query(
         f"SELECT tenant, {sums} FROM {source} GROUP BY tenant "

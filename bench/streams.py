@@ -21,29 +21,22 @@ import argparse
 import asyncio
 import contextlib
 import os
-import platform
-import signal
-import socket
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from collections import Counter, defaultdict
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from pathlib import Path
 
 import httpx
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
+from bench.common import Child, broker, cpu, free_port, sluice
 from bench.report import write_section
 from schemas import topics
 from schemas.events import PriceSchedule, PriceVersion, UsageRecorded
 from streams.transport import TP, true_ends
 
-ROOT = Path(__file__).resolve().parent.parent
-LOGS = ROOT / "test-output" / "bench"
 TARGET_EVENTS_PER_S = 5_000
 TARGET_FRESHNESS_P95_S = 1.0
 POLL_S = 0.02
@@ -52,54 +45,6 @@ PRICES = {  # micro-dollars per million input, output and cached tokens
     "bench-medium": (500_000, 1_500_000, 250_000),
     "bench-large": (3_000_000, 15_000_000, 1_500_000),
 }
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class _Child:
-    """A `sluice <role>` child process in its own session, logging to test-output/bench."""
-
-    def __init__(self, name: str, args: list[str], env: dict[str, str]) -> None:
-        LOGS.mkdir(parents=True, exist_ok=True)
-        self.log = (LOGS / f"{name}.log").open("wb")
-        self.proc = subprocess.Popen([sys.executable, "-m", "deploy", *args],
-                                     env={**os.environ, **env}, stdout=self.log,
-                                     stderr=subprocess.STDOUT, start_new_session=True,
-                                     cwd=ROOT)
-
-    def check(self) -> None:
-        if self.proc.poll() is not None:
-            raise RuntimeError(f"{self.log.name} exited")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.proc.wait(30)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        self.proc.wait()
-        self.log.close()
-
-
-@contextlib.contextmanager
-def _broker() -> Iterator[str]:
-    port = _free_port()
-    broker = _Child("streams-broker", ["broker", "--port", str(port)], {})
-    try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            broker.check()
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1):
-                break
-            time.sleep(0.1)
-        yield f"127.0.0.1:{port}"
-    finally:
-        broker.stop()
 
 
 RUN = f"{os.getpid():x}"  # in names, so runs on one broker (--bootstrap) do not mix
@@ -152,11 +97,11 @@ class _Streams:
     """One `sluice streams` worker; `start` waits until it prices every bench model."""
 
     def __init__(self, bootstrap: str, home: str) -> None:
-        self.app_id, port = f"bench-streams-{RUN}", _free_port()
+        self.app_id, port = f"bench-streams-{RUN}", free_port()
         self.env = {"SLUICE_KAFKA_BOOTSTRAP": bootstrap, "SLUICE_HOME": home,
                     "SLUICE_STREAMS_ID": self.app_id, "SLUICE_STREAMS_PORT": str(port)}
         self.http = httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10)
-        self.child: _Child | None = None
+        self.child: Child | None = None
         self.runs = 0
 
     def check(self) -> None:
@@ -165,7 +110,7 @@ class _Streams:
 
     async def start(self) -> None:
         self.runs += 1
-        self.child = _Child(f"streams-{self.runs}", ["streams"], self.env)
+        self.child = sluice(f"streams-{self.runs}", ["streams"], self.env)
 
         async def ready() -> bool:
             self.check()
@@ -351,18 +296,12 @@ async def _until(done: Callable[[], Awaitable[bool]], timeout: float, what: str)
         await asyncio.sleep(0.2)
 
 
-def _cpu() -> str:
-    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    return next((line.split(":", 1)[1].strip() for line in info.splitlines()
-                 if line.startswith("model name")), platform.machine())
-
-
 def render(throughput: dict[str, float], freshness: dict[str, float], n: int, tenants: int,
            keys: int, rate: float, seconds: float) -> str:
     ok = "meets" if throughput["totals_per_s"] >= TARGET_EVENTS_PER_S else "misses"
     fresh_ok = "meets" if freshness["p95_s"] <= TARGET_FRESHNESS_P95_S else "misses"
     return "\n".join([
-        f"Run {datetime.now(UTC):%Y-%m-%d %H:%M} UTC on {_cpu()}, {os.cpu_count()} cores; "
+        f"Run {datetime.now(UTC):%Y-%m-%d %H:%M} UTC on {cpu()}, {os.cpu_count()} cores; "
         "one `sluice streams` worker (Faust, in-memory tables with changelogs) on the "
         "embedded Tansu broker, both on this machine.",
         "",
@@ -413,7 +352,7 @@ def main() -> None:
     if a.bootstrap:
         throughput, freshness = measure(a.bootstrap)
     else:
-        with _broker() as bootstrap:
+        with broker("streams-broker") as bootstrap:
             throughput, freshness = measure(bootstrap)
     text = render(throughput, freshness, a.events, a.tenants, a.keys, a.rate, a.seconds)
     if not a.no_write:

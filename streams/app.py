@@ -80,7 +80,8 @@ experiment_events_topic = app.topic(f"{settings.streams_id}-experiment-events", 
 # Keys are bytes, values JSON dicts. `key_type=bytes` writes the changelog keys raw: with
 # Faust's default (JSON) a restarted worker could not read its changelog back.
 # Tables written from batches (`take_events`) have no current event to take the changelog
-# partition from; the partitioner picks it from the key, as producers do for the sources.
+# partition from; the partitioner picks it from the key, as producers do for the sources
+# (streams/transport.py: even before the producer has the changelog's metadata).
 accounts = app.Table("accounts", key_type=bytes, use_partitioner=True)
 tenant_totals = app.Table("tenant_totals", key_type=bytes, use_partitioner=True)
 experiment_metrics = app.Table("experiment_metrics", key_type=bytes)
@@ -89,20 +90,6 @@ prices = app.GlobalTable("prices", key_type=bytes,
                          partitions=topics.static(topics.PRICES).partitions)
 
 _reply_topics: dict[str, Any] = {}
-_layouts_known = asyncio.Event()
-
-
-@app.task
-async def learn_changelog_layouts() -> None:
-    """The tables above pick a changelog partition by key, which needs the producer to
-    know each changelog's partitions before the first write; learn them at start."""
-    producer = app.producer._ensure_producer()
-    for table in (accounts, tenant_totals):
-        # Tracked, not just looked up: a later metadata refresh covers only tracked
-        # topics, and would forget a changelog the first (all-topics) load had.
-        await producer.client.add_topic(table.changelog_topic.get_topic_name())
-        await producer.partitions_for(table.changelog_topic.get_topic_name())
-    _layouts_known.set()
 
 
 def _reply_topic(name: str) -> Any:
@@ -189,8 +176,12 @@ def _bill(events: list[Any], now: float) -> Outgoing:
         entry = billing.price(usage, _schedule(usage.model))
         offset = event.message.offset
         source = f"usage:{event.message.partition}"
-        if not account.seen(source, offset):
-            if account.duplicate(usage.event_id):
+        if account.seen(source, offset):
+            if account.was_skipped(source, offset):
+                continue  # a duplicate, skipped the first time too
+        else:
+            if account.duplicate(usage.event_id, source, offset):
+                account.mark(source, offset)
                 changed.add(key)
                 continue  # the same request billed once already, from another execution
             account.add_usage(entry.day, entry.month, usage.prompt_tokens,
@@ -344,10 +335,9 @@ async def ready(web: Any, request: Any) -> Any:
     lease requests and table reads. 503 while it joins, rebalances or recovers."""
     assigned = len(app.assignor.assigned_actives())
     recovered = app.tables.recovery.completed.is_set()
-    layouts = _layouts_known.is_set()
-    ok = assigned > 0 and recovered and layouts and not app.rebalancing
+    ok = assigned > 0 and recovered and not app.rebalancing
     return web.json({"ready": ok, "partitions": assigned, "recovered": recovered,
-                     "layouts": layouts, "rebalancing": app.rebalancing},
+                     "rebalancing": app.rebalancing},
                     status=200 if ok else 503)
 
 

@@ -56,7 +56,8 @@ class Account:
     # Usage totals per UTC day and month: {"2026-11-22": {...}, "2026-11": {...}}.
     totals: dict[str, dict[str, int]] = field(default_factory=dict)
     alerted: list[str] = field(default_factory=list)
-    recent: list[str] = field(default_factory=list)
+    recent: list[str] = field(default_factory=list)  # ids of the last usage events billed
+    skipped: list[str] = field(default_factory=list)  # "source@offset" of recent duplicates
 
     @classmethod
     def load(cls, raw: dict[str, Any] | None) -> Account:
@@ -69,6 +70,7 @@ class Account:
         raw["totals"] = {p: dict(t) for p, t in raw.get("totals", {}).items()}
         raw["alerted"] = list(raw.get("alerted", []))
         raw["recent"] = list(raw.get("recent", []))
+        raw["skipped"] = list(raw.get("skipped", []))
         return cls(**raw)
 
     def dump(self) -> dict[str, Any]:
@@ -85,6 +87,7 @@ class Account:
             "totals": {p: dict(t) for p, t in self.totals.items()},
             "alerted": list(self.alerted),
             "recent": list(self.recent),
+            "skipped": list(self.skipped),
         }
 
     def seen(self, source: str, offset: int) -> bool:
@@ -215,13 +218,20 @@ class Account:
         if reserved_at and self.minute == current == window(reserved_at, MINUTE):
             self.tokens_used = max(0, self.tokens_used - reserved + used)
 
-    def duplicate(self, event_id: str) -> bool:
-        """Whether this usage event was billed already (a request run twice after a worker
-        failed). Remembers the last few ids per key, which covers that window."""
+    def duplicate(self, event_id: str, source: str, offset: int) -> bool:
+        """Whether this usage event, new at `offset` of `source`, was billed already (a
+        request run twice after a worker failed). Remembers the last few ids per key, which
+        covers that window, and where the last few duplicates were (`skipped`): once ids
+        have moved on, a replay after a crash must still skip the same events."""
         if event_id in self.recent:
+            self.skipped = [*self.skipped[-(RECENT - 1):], f"{source}@{offset}"]
             return True
         self.recent = [*self.recent[-(RECENT - 1):], event_id]
         return False
+
+    def was_skipped(self, source: str, offset: int) -> bool:
+        """Whether the event at `offset` of `source` (applied already) was a duplicate."""
+        return f"{source}@{offset}" in self.skipped
 
     def add_usage(self, day: str, month: str, tokens_in: int, tokens_out: int, cached: int,
                   cost: int) -> None:

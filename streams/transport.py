@@ -9,6 +9,19 @@
   reading its changelog up to that end, so a restarted worker would silently miss every
   changelog record after the first of the last batch. This transport reads the last
   batch to find the true end; on Kafka that batch ends where the broker says.
+- **Flush before commit.** Faust flushes its producer before it commits source offsets,
+  so that table changelog writes land first. But its buffer's flush gives up after
+  0.1 s without a message sent and does not count the message being handed over, so a
+  busy worker could commit past writes still in the buffer; killed then, it lost them
+  (a restart recovered totals older than its committed offsets). This producer's flush
+  waits until every buffered message is delivered.
+- **Tracked topics.** An aiokafka client refreshes metadata for every topic until it
+  first meets an unknown one (a changelog Faust created after the producer started),
+  then only for topics it met that way, and forgets the rest: a refresh then lost the
+  ledger's leader under a batch already queued for it, and billing stalled. This
+  producer tracks every topic from the start. A table write needs its changelog's
+  partition count before the producer may know it; it is the count Faust creates
+  changelogs with.
 """
 
 from __future__ import annotations
@@ -20,6 +33,7 @@ from typing import Any
 
 import aiokafka
 import faust
+from aiokafka.partitioner import DefaultPartitioner
 from faust.transport.consumer import CONSUMER_FETCHING
 from faust.transport.drivers import aiokafka as driver
 from faust.types import TP
@@ -76,7 +90,17 @@ class _Consumer(driver.Consumer):  # type: ignore[misc]
         """Faust's fetch loop, racing each fetched batch against a flow stop instead of
         each message: mode's `wait_first` costs about 0.1 ms, which held every agent to a
         few thousand events per second. A batch cut short by a rebalance is dropped, as
-        Faust drops the one message it cuts short; the rebalance seeks back anyway."""
+        Faust drops the one message it cuts short; the rebalance seeks back anyway.
+
+        It also holds the streams' messages back until a rebalance has ended. At the end
+        of one Faust resumes the partitions, seeks them to their committed offsets one by
+        one (a round trip each), and then empties the streams' queues: a partition sought
+        early was fetched meanwhile, and what it delivered was thrown away with no seek
+        after it, lost until the next restart. Nor may a message reach a stream while the
+        app's flow is off: the stream would skip it and ack it. Messages of an earlier
+        generation are dropped here: the rebalance that ended it seeks their partitions
+        back.
+        """
         callback = self.callback
         getmany = self.getmany
         consumer_should_stop = self._stopped.is_set
@@ -85,6 +109,8 @@ class _Consumer(driver.Consumer):  # type: ignore[misc]
         set_read_offset = self._read_offset.__setitem__
         commit_every = self._commit_every
         acks_enabled_for = self.app.topics.acks_enabled_for
+        flow = self.app.flow_control
+        app = self.app
         since_yield = 0
 
         async def deliver(messages: Any) -> None:
@@ -94,6 +120,12 @@ class _Consumer(driver.Consumer):  # type: ignore[misc]
                 if since_yield > 100:  # let the agents run
                     await asyncio.sleep(0)
                     since_yield = 0
+                if app.rebalancing and tp.topic not in app.tables.changelog_topics:
+                    await app.settled.wait()
+                if not flow.is_active():
+                    await flow.acquire()
+                if message.generation_id != app.consumer_generation_id:
+                    continue
                 offset = message.offset
                 r_offset = get_read_offset(tp)
                 if r_offset is None or offset >= r_offset:
@@ -126,14 +158,61 @@ class _Consumer(driver.Consumer):  # type: ignore[misc]
             self.diag.unset_flag(CONSUMER_FETCHING)
 
 
+class _Producer(driver.Producer):  # type: ignore[misc]
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._unsent: set[asyncio.Future[Any]] = set()
+        self._partitioner = DefaultPartitioner()
+
+    async def on_start(self) -> None:
+        await super().on_start()
+        client = self._ensure_producer().client
+        for topic in client.cluster.topics():  # all of them, from the bootstrap load
+            client.add_topic(topic)
+
+    def key_partition(self, topic: str, key: bytes) -> TP:
+        """The partition a table's changelog record for `key` goes to; before the producer
+        has the changelog's metadata, from the partition count Faust creates it with."""
+        if self._ensure_producer().client.cluster.partitions_for_topic(topic) is not None:
+            return super().key_partition(topic, key)
+        every = list(range(self.app.conf.topic_partitions))
+        return TP(topic, self._partitioner(key, every, every))
+
+    def send_soon(self, fut: Any) -> None:
+        self._unsent.add(fut)
+        fut.add_done_callback(self._unsent.discard)  # delivered, or failed and logged
+        super().send_soon(fut)
+
+    async def flush(self) -> None:
+        while True:
+            await super().flush()
+            unsent = set(self._unsent)
+            if not unsent or self.should_stop:
+                return
+            await asyncio.wait(unsent, timeout=1.0)
+
+
 class Transport(driver.Transport):  # type: ignore[misc]
     Consumer = _Consumer
+    Producer = _Producer
 
 
 class App(faust.App):  # type: ignore[misc]
     """A Faust app on the transport above."""
 
     fetch_wait_ms = 1500
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.settled = asyncio.Event()  # set while no rebalance is under way
+
+    def on_rebalance_start(self) -> None:
+        super().on_rebalance_start()
+        self.settled.clear()
+
+    def on_rebalance_end(self) -> None:
+        super().on_rebalance_end()
+        self.settled.set()
 
     def _new_transport(self) -> Transport:
         return Transport(self.conf.broker_consumer, self)

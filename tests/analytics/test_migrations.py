@@ -72,10 +72,11 @@ def test_stream_tables_fit_the_common_queries(warehouse: Warehouse) -> None:
                           ("usage", "tenant"), ("usage", "model"), ("usage", "status"),
                           ("ledger", "tenant"), ("ledger", "model"), ("ledger", "status")]:
         assert types[(table, column)] == "LowCardinality(String)"
-    for rollup in ("rollup_minute", "rollup_hour"):
+    for rollup in ("rollup_minute", "rollup_hour", "rollup_tenant_hour"):
         assert tables[rollup][:3] == ("AggregatingMergeTree", "tenant, key_id, bucket, model",
                                       "toYYYYMM(bucket)")
         assert types[(rollup, "latency_state")].startswith("AggregateFunction(quantilesTDigest")
     views = {n for n, (engine, *_) in tables.items() if engine == "MaterializedView"}
     assert {"rollup_minute_requests", "rollup_minute_usage", "rollup_minute_ledger",
-            "rollup_minute_cache", "rollup_hour_from_minute"} <= views
+            "rollup_minute_cache", "rollup_hour_from_minute",
+            "rollup_tenant_hour_from_hour"} <= views

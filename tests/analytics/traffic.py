@@ -140,7 +140,7 @@ def store_queries(tenant: str) -> dict[str, str]:
     queries = {table: f"SELECT count(), uniqExact(event_id) FROM {table} "
                       f"WHERE tenant = '{tenant}'"
                for table in ("requests", "usage", "ledger", "cache")}
-    for rollup in ("rollup_minute", "rollup_hour"):
+    for rollup in ("rollup_minute", "rollup_hour", "rollup_tenant_hour"):
         queries[rollup] = (
             "SELECT sum(requests), sum(errors), sum(usage_records), sum(ledger_entries), "
             "sum(cost_micros), sum(prompt_tokens), sum(cache_hits), sum(saved_prompt_tokens) "
@@ -157,4 +157,4 @@ def expected(t: Traffic) -> dict[str, tuple[int, ...]]:
             e.cache_hits, hit_prompt)
     return {"requests": (e.requests, e.requests), "usage": (e.usage, e.usage),
             "ledger": (e.ledger, e.ledger), "cache": (e.cache_hits, e.cache_hits),
-            "rollup_minute": sums, "rollup_hour": sums}
+            "rollup_minute": sums, "rollup_hour": sums, "rollup_tenant_hour": sums}

@@ -131,6 +131,12 @@ def test_replayed_events_are_skipped_by_offset_and_id() -> None:
     account.mark("usage:3", 10)
     assert account.seen("usage:3", 10) and account.seen("usage:3", 9)
     assert not account.seen("usage:3", 11) and not account.seen("usage:4", 0)
-    assert not account.duplicate("u1") and account.duplicate("u1")
+    assert not account.duplicate("u1", "usage:3", 11)
+    assert account.duplicate("u1", "usage:3", 12)
+    assert not account.was_skipped("usage:3", 11) and account.was_skipped("usage:3", 12)
     restored = Account.load(account.dump())
-    assert restored.seen("usage:3", 10) and restored.duplicate("u1")
+    assert restored.seen("usage:3", 10) and restored.duplicate("u1", "usage:3", 13)
+    # Long after the ids have moved on, a replay still knows which events it skipped.
+    for i in range(200):
+        assert not restored.duplicate(f"other-{i}", "usage:3", 14 + i)
+    assert restored.was_skipped("usage:3", 12) and restored.was_skipped("usage:3", 13)
