@@ -16,6 +16,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 LOGS = ROOT / "test-output" / "bench"
 
+# SIGTERM unwinds like Ctrl-C, so every bench stops the children it started (they run in
+# sessions of their own, which a signal to the bench's group does not reach).
+signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+
 
 def free_port() -> int:
     with socket.socket() as s:

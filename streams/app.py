@@ -12,7 +12,6 @@ by the receiver by the same offsets or by stable ids.
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import json
 import time
@@ -142,8 +141,9 @@ async def bill_usage(stream: Any) -> None:
     back the tokens a request reserved but did not use, and forwards the totals to the
     tenant's partition.
 
-    Events come in batches, so that a key's account is written once per batch and what
-    is sent is awaited once per batch: a broker round trip per event would cap the rate.
+    Events come in batches, so that a key's account is written once per batch, and what a
+    batch sends is not awaited: a broker round trip per event, or per batch, would cap
+    the rate.
     """
     async for batch in stream.take_events(settings.streams_batch_max,
                                           within=settings.streams_batch_wait_s):
@@ -213,11 +213,12 @@ def _bill(events: list[Any], now: float) -> Outgoing:
 
 
 async def _send_all(out: Outgoing) -> None:
-    """Send without a round trip each, then wait for all: in order per partition, and
-    done before the batch's offsets can be committed."""
-    pending = [await app.producer.send(topic, key, value, None, None, None)
-               for topic, key, value in out]
-    await asyncio.gather(*pending)
+    """Hand everything to the producer, in order per partition, without waiting for the
+    broker: the next batch is billed meanwhile. The producer's flush, which comes before
+    a batch's offsets are committed, waits until all of it is delivered."""
+    producer = app.producer
+    for topic, key, value in out:
+        producer.track(await producer.send(topic, key, value, None, None, None))
 
 
 _schedules: dict[str, tuple[dict[str, Any], PriceSchedule]] = {}

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import hashlib
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -56,7 +57,9 @@ class Account:
     # Usage totals per UTC day and month: {"2026-11-22": {...}, "2026-11": {...}}.
     totals: dict[str, dict[str, int]] = field(default_factory=dict)
     alerted: list[str] = field(default_factory=list)
-    recent: list[str] = field(default_factory=list)  # ids of the last usage events billed
+    # The last usage events billed, by a 64-bit digest of their ids: the account is written
+    # once per batch, and the ids themselves made it several times as long.
+    recent: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)  # "source@offset" of recent duplicates
 
     @classmethod
@@ -223,10 +226,11 @@ class Account:
         request run twice after a worker failed). Remembers the last few ids per key, which
         covers that window, and where the last few duplicates were (`skipped`): once ids
         have moved on, a replay after a crash must still skip the same events."""
-        if event_id in self.recent:
+        digest = hashlib.blake2b(event_id.encode(), digest_size=8).hexdigest()
+        if digest in self.recent:
             self.skipped = [*self.skipped[-(RECENT - 1):], f"{source}@{offset}"]
             return True
-        self.recent = [*self.recent[-(RECENT - 1):], event_id]
+        self.recent = [*self.recent[-(RECENT - 1):], digest]
         return False
 
     def was_skipped(self, source: str, offset: int) -> bool:

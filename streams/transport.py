@@ -179,9 +179,18 @@ class _Producer(driver.Producer):  # type: ignore[misc]
         return TP(topic, self._partitioner(key, every, every))
 
     def send_soon(self, fut: Any) -> None:
-        self._unsent.add(fut)
-        fut.add_done_callback(self._unsent.discard)  # delivered, or failed and logged
+        self.track(fut)
         super().send_soon(fut)
+
+    def track(self, fut: asyncio.Future[Any]) -> None:
+        """Make `flush` (and so the next offset commit) wait until `fut` is delivered."""
+        self._unsent.add(fut)
+        fut.add_done_callback(self._delivered)
+
+    def _delivered(self, fut: asyncio.Future[Any]) -> None:
+        self._unsent.discard(fut)
+        if not fut.cancelled() and fut.exception() is not None:
+            self.log.error("Could not send a message: %r", fut.exception())
 
     async def flush(self) -> None:
         while True:
