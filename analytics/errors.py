@@ -9,7 +9,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from analytics.exceptions import AnalyticsError
-from schemas.openai import ErrorBody, ErrorResponse
+from schemas.openai import SERVER_ERROR, ErrorBody, ErrorResponse, routing_error
 
 log = logging.getLogger("sluice.analytics")
 
@@ -30,18 +30,10 @@ async def analytics_error(request: Request, exc: Exception) -> Response:
 
 async def http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
-    if exc.status_code == 404:
-        message = f"Unknown path {request.method} {request.url.path}."
-    elif exc.status_code == 405:
-        message = f"Method {request.method} is not allowed on {request.url.path}."
-    else:
-        message = exc.detail
-    body = ErrorBody(message=message, type="invalid_request_error")
+    body = routing_error(exc.status_code, request.method, request.url.path, exc.detail)
     return render(exc.status_code, body, dict(exc.headers or {}))
 
 
 async def unexpected(request: Request, exc: Exception) -> Response:
     log.exception("unhandled error", exc_info=exc)
-    body = ErrorBody(message="The server had an error while processing your request.",
-                     type="server_error")
-    return render(500, body)
+    return render(500, SERVER_ERROR)

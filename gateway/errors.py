@@ -12,7 +12,7 @@ from gateway.completions import CHAT, COMPLETIONS
 from gateway.exceptions import GatewayError
 from gateway.outcomes import elapsed_ms
 from schemas.events import RequestRejected
-from schemas.openai import ErrorBody, ErrorResponse
+from schemas.openai import SERVER_ERROR, ErrorBody, ErrorResponse, routing_error
 
 log = logging.getLogger("sluice.gateway")
 
@@ -52,20 +52,12 @@ async def gateway_error(request: Request, exc: Exception) -> Response:
 
 async def http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
-    if exc.status_code == 404:
-        message = f"Unknown path {request.method} {request.url.path}."
-    elif exc.status_code == 405:
-        message = f"Method {request.method} is not allowed on {request.url.path}."
-    else:
-        message = exc.detail
-    body = ErrorBody(message=message, type="invalid_request_error")
+    body = routing_error(exc.status_code, request.method, request.url.path, exc.detail)
     return render(exc.status_code, body, dict(exc.headers or {}))
 
 
 async def unexpected(request: Request, exc: Exception) -> Response:
     """Last resort; it runs outside the middleware, so it sets the request id itself."""
     log.exception("unhandled error", exc_info=exc)
-    body = ErrorBody(message="The server had an error while processing your request.",
-                     type="server_error")
     request_id = getattr(request.state, "request_id", None)
-    return render(500, body, {"x-request-id": request_id} if request_id else None)
+    return render(500, SERVER_ERROR, {"x-request-id": request_id} if request_id else None)

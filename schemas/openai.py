@@ -192,3 +192,16 @@ class ErrorBody(_Response):
 
 class ErrorResponse(_Response):
     error: ErrorBody
+
+
+def routing_error(status: int, method: str, path: str, detail: str) -> ErrorBody:
+    """The body for a request no route takes (404, 405) or the framework refuses."""
+    if status == 404:
+        detail = f"Unknown path {method} {path}."
+    elif status == 405:
+        detail = f"Method {method} is not allowed on {path}."
+    return ErrorBody(message=detail, type="invalid_request_error")
+
+
+SERVER_ERROR = ErrorBody(message="The server had an error while processing your request.",
+                         type="server_error")

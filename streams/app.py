@@ -18,8 +18,6 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from aiokafka.partitioner import DefaultPartitioner
-from faust.types import TP
 from pydantic import ValidationError
 
 from schemas import topics
@@ -346,15 +344,13 @@ def routed(table: Any, param: str) -> Callable[[Any], Any]:
     """Like Faust's `table_route`: a key held by another worker is answered by that worker.
     A key this worker holds is answered here at once; Faust's router would answer 503
     until the producer happened to have metadata for the table's changelog."""
-    partitioner = DefaultPartitioner()
 
     def decorator(fun: Any) -> Any:
         @functools.wraps(fun)
         async def view(web: Any, request: Any, *args: Any, **kwargs: Any) -> Any:
             key = request.match_info[param]
-            partitions = list(range(app.conf.topic_partitions))
-            tp = TP(table.changelog_topic.get_topic_name(),
-                    partitioner(key.encode(), partitions, partitions))
+            tp = app.producer.key_partition(table.changelog_topic.get_topic_name(),
+                                            key.encode())
             if tp in app.assignor.assigned_actives():
                 return await fun(web, request, *args, **kwargs)
             return await app.router.route_req(table.name, key, web.web, request)
