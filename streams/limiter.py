@@ -184,7 +184,9 @@ class Account:
         crossed, blocked = self.quota_state(req, now)
         if blocked and (req.requests or req.tokens or req.slots):
             return deny("insufficient_quota", blocked, self.period_end(blocked, now) - now), crossed
-        requests = min(req.requests, self.requests_available(limits))
+        # At most half of what is left (rounded up): when the budget runs short, one
+        # replica asking first in a burst cannot take it all while the others wait.
+        requests = min(req.requests, (self.requests_available(limits) + 1) // 2)
         if req.requests and not requests:
             return deny("rate_limit_exceeded",
                         "Request rate limit reached for this key.",
