@@ -89,15 +89,21 @@ def broker(name: str = "broker") -> Iterator[str]:
 
 
 def wait_http(url: str, *children: Child, timeout: float = 300) -> None:
-    """Until `url` answers 200 (the children must stay alive meanwhile)."""
+    """Until `url` answers 200. The children must stay alive meanwhile; if one exits or
+    time runs out, all of them are stopped (the caller never gets them back to stop)."""
     import httpx
 
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for child in children:
-            child.check()
-        with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(url, timeout=2).status_code == 200:
-                return
-        time.sleep(0.2)
-    raise TimeoutError(f"{url} did not become ready")
+    try:
+        while time.monotonic() < deadline:
+            for child in children:
+                child.check()
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(url, timeout=2).status_code == 200:
+                    return
+            time.sleep(0.2)
+        raise TimeoutError(f"{url} did not become ready")
+    except BaseException:
+        for child in reversed(children):
+            child.stop()
+        raise

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 
 from schemas import topics
 from streams.settings import Settings
@@ -11,6 +12,8 @@ from streams.settings import Settings
 
 def run(settings: Settings | None = None) -> None:
     settings = settings or Settings()
+    if settings.cpus:  # before Faust starts its threads, so they stay there too
+        os.sched_setaffinity(0, settings.cpus)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     asyncio.run(topics.ensure(settings.kafka_bootstrap))
     (settings.home / "streams").mkdir(parents=True, exist_ok=True)  # Faust makes one level

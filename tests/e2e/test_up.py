@@ -12,6 +12,7 @@ from pathlib import Path
 import openai
 import psutil
 
+from deploy.supervisor import side_cpus
 from tests.conftest import MODEL, OUTPUT, ROOT, free_port
 
 
@@ -20,6 +21,24 @@ def _descendants(pid: int) -> list[psutil.Process]:
         return psutil.Process(pid).children(recursive=True)
     except psutil.NoSuchProcess:
         return []
+
+
+def _assert_placed(children: list[psutil.Process]) -> None:
+    """On a CPU-only machine the broker, streams, gateway and analytics share the core
+    that vLLM's model runner leaves free, and stay off the runner's cores."""
+    side = side_cpus()
+    if side is None:
+        return
+    side_roles = ("tansu", "Faust:Worker", "deploy streams", "deploy gateway",
+                  "deploy analytics")
+    placed = [c for c in children if any(r in " ".join(c.cmdline()) for r in side_roles)]
+    assert len(placed) >= 4, [c.cmdline() for c in placed]
+    for child in placed:
+        assert child.cpu_affinity() == side, (child.cmdline(), child.cpu_affinity())
+    runners = [c for c in children if c.name().startswith("VLLM::Worker")]
+    assert runners, "no model runner process found"
+    for runner in runners:
+        assert not set(runner.cpu_affinity()) & set(side), runner.cpu_affinity()
 
 
 def test_up_serves_and_stops_cleanly(home: Path, tmp_path: Path) -> None:
@@ -56,6 +75,7 @@ def test_up_serves_and_stops_cleanly(home: Path, tmp_path: Path) -> None:
         assert "deploy broker" in roles or "tansu" in roles
         assert "deploy worker" in roles and "deploy gateway" in roles
         assert "deploy analytics" in roles
+        _assert_placed(children)
 
         key = (home / "admin_key").read_text().strip()
         client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=key,
