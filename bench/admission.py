@@ -118,9 +118,10 @@ async def _broker_round_trips(bootstrap: str, n: int, fetch_wait_ms: int) -> lis
     process, so without the limiter's work), two hops in all."""
     ping, pong = topics.TopicSpec("sluice.bench.ping2", 1), topics.TopicSpec("sluice.bench.pong", 1)
     await topics.ensure(bootstrap, [ping, pong])
-    producer = bus.producer(bootstrap)
+    # Each side has its own producer, as the gateway and the limiter do.
+    producer, replier = bus.producer(bootstrap), bus.producer(bootstrap)
     relay, back = bus.reader(bootstrap, fetch_wait_ms), bus.reader(bootstrap, fetch_wait_ms)
-    for client in (producer, relay, back):
+    for client in (producer, replier, relay, back):
         await client.start()
     for consumer, spec in ((relay, ping), (back, pong)):
         tp = TopicPartition(spec.name, 0)
@@ -131,7 +132,7 @@ async def _broker_round_trips(bootstrap: str, n: int, fetch_wait_ms: int) -> lis
         while True:
             for records in (await relay.getmany(timeout_ms=1000)).values():
                 for _ in records:
-                    await producer.send(pong.name, b"pong")
+                    await replier.send(pong.name, b"pong")
 
     task = asyncio.create_task(relaying())
     times = []
@@ -144,7 +145,7 @@ async def _broker_round_trips(bootstrap: str, n: int, fetch_wait_ms: int) -> lis
             times.append((time.perf_counter() - t0) * 1000)
     finally:
         task.cancel()
-        for client in (back, relay, producer):
+        for client in (back, relay, replier, producer):
             await client.stop()
     return times
 
