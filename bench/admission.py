@@ -88,37 +88,13 @@ async def _fetches(book: LeaseBook, n: int, parallel: int, hops: list[tuple[floa
     return times
 
 
-async def _broker_hops(bootstrap: str, n: int, fetch_wait_ms: int) -> list[float]:
-    """The floor under every leg: one message from a producer to a waiting consumer."""
-    spec = topics.TopicSpec("sluice.bench.ping", 1)
-    await topics.ensure(bootstrap, [spec])
-    producer = bus.producer(bootstrap)
-    consumer = bus.reader(bootstrap, fetch_wait_ms)
-    await producer.start()
-    await consumer.start()
-    tp = TopicPartition(spec.name, 0)
-    consumer.assign([tp])
-    await consumer.seek_to_end(tp)
-    times = []
-    try:
-        for _ in range(n):
-            t0 = time.perf_counter()
-            await producer.send_and_wait(spec.name, b"ping")
-            while not await consumer.getmany(timeout_ms=1000):
-                pass
-            times.append((time.perf_counter() - t0) * 1000)
-    finally:
-        await consumer.stop()
-        await producer.stop()
-    return times
-
-
-async def _broker_round_trips(bootstrap: str, n: int, fetch_wait_ms: int) -> list[float]:
-    """The floor under a lease fetch: a message relayed back by a second consumer (in this
-    process, so without the limiter's work), two hops in all."""
-    ping, pong = topics.TopicSpec("sluice.bench.ping2", 1), topics.TopicSpec("sluice.bench.pong", 1)
+async def _broker_trips(bootstrap: str, n: int, fetch_wait_ms: int, relayed: bool
+                        ) -> list[float]:
+    """The floor under every leg: one message from a producer to a waiting consumer. With
+    `relayed`, the floor under a lease fetch: the message is relayed back by a second
+    consumer with a producer of its own, as the limiter does, but without its work."""
+    ping, pong = topics.TopicSpec("sluice.bench.ping", 1), topics.TopicSpec("sluice.bench.pong", 1)
     await topics.ensure(bootstrap, [ping, pong])
-    # Each side has its own producer, as the gateway and the limiter do.
     producer, replier = bus.producer(bootstrap), bus.producer(bootstrap)
     relay, back = bus.reader(bootstrap, fetch_wait_ms), bus.reader(bootstrap, fetch_wait_ms)
     for client in (producer, replier, relay, back):
@@ -134,17 +110,19 @@ async def _broker_round_trips(bootstrap: str, n: int, fetch_wait_ms: int) -> lis
                 for _ in records:
                     await replier.send(pong.name, b"pong")
 
-    task = asyncio.create_task(relaying())
+    task = asyncio.create_task(relaying()) if relayed else None
+    arrival = back if relayed else relay
     times = []
     try:
         for _ in range(n):
             t0 = time.perf_counter()
             await producer.send(ping.name, b"ping")
-            while not await back.getmany(timeout_ms=1000):
+            while not await arrival.getmany(timeout_ms=1000):
                 pass
             times.append((time.perf_counter() - t0) * 1000)
     finally:
-        task.cancel()
+        if task is not None:
+            task.cancel()
         for client in (back, relay, replier, producer):
             await client.stop()
     return times
@@ -159,8 +137,8 @@ async def run(bootstrap: str, fetches: int, cycles: int) -> dict[str, object]:
     await producer.start()
     await replies.start()
     router = asyncio.create_task(replies.run())
-    hops = await _broker_hops(bootstrap, 500, settings.kafka_fetch_wait_ms)
-    round_trips = await _broker_round_trips(bootstrap, 500, settings.kafka_fetch_wait_ms)
+    hops = await _broker_trips(bootstrap, 500, settings.kafka_fetch_wait_ms, relayed=False)
+    round_trips = await _broker_trips(bootstrap, 500, settings.kafka_fetch_wait_ms, relayed=True)
     book = LeaseBook(producer, replies, GATEWAY_ID, reply.name,
                      timeout=settings.lease_timeout_s, lease_ttl=settings.lease_ttl_s,
                      max_requests=settings.lease_max_requests)
