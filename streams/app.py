@@ -12,12 +12,15 @@ by the receiver by the same offsets or by stable ids.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import json
+import logging
 import time
 from collections.abc import Callable
 from typing import Any
 
+from aiokafka import AIOKafkaProducer
 from pydantic import ValidationError
 
 from schemas import topics
@@ -37,6 +40,7 @@ from streams.settings import Settings
 from streams.transport import App
 
 settings = Settings()
+log = logging.getLogger("sluice.streams")
 
 app = App(
     settings.streams_id,
@@ -86,13 +90,45 @@ experiment_metrics = app.Table("experiment_metrics", key_type=bytes)
 prices = app.GlobalTable("prices", key_type=bytes,
                          partitions=topics.static(topics.PRICES).partitions)
 
-_reply_topics: dict[str, Any] = {}
+class _Grants:
+    """Lease grants leave through a producer of their own. A Kafka client keeps one produce
+    request in flight per broker, and the app's producer also carries changelog records,
+    ledger entries and forwards: behind those a grant would wait for their acks."""
+
+    producer: AIOKafkaProducer | None = None
+
+    async def start(self) -> None:
+        if self.producer is None:
+            producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap,
+                                        linger_ms=0, acks=1)
+            await producer.start()
+            self.producer = producer
+
+    async def send(self, topic: str, key: bytes, value: bytes) -> None:
+        """Without waiting for delivery: a grant that is lost (or comes after the stop)
+        is asked for again."""
+        if self.producer is None:
+            return
+        delivery = await self.producer.send(topic, value, key=key)
+        delivery.add_done_callback(_log_failure)
+
+    async def stop(self) -> None:
+        if self.producer is not None:
+            await self.producer.stop()
+            self.producer = None
 
 
-def _reply_topic(name: str) -> Any:
-    if name not in _reply_topics:
-        _reply_topics[name] = app.topic(name, value_serializer="raw", key_serializer="raw")
-    return _reply_topics[name]
+def _log_failure(delivery: asyncio.Future[Any]) -> None:
+    if not delivery.cancelled() and delivery.exception() is not None:
+        log.warning("a lease grant was not delivered: %r", delivery.exception())
+
+
+grants = _Grants()
+
+
+@app.on_before_shutdown.connect
+async def _stop_grants(sender: Any, **kwargs: Any) -> None:
+    await grants.stop()
 
 
 def _key(raw: str | None) -> bytes:
@@ -105,6 +141,7 @@ def _key(raw: str | None) -> bytes:
 @app.agent(leases_topic)
 async def grant_leases(stream: Any) -> None:
     """Answers lease requests from each key's budget; counts requests, tokens and slots."""
+    await grants.start()
     async for event in stream.events():
         try:
             req = LeaseRequested.model_validate_json(event.value)
@@ -123,8 +160,7 @@ async def grant_leases(stream: Any) -> None:
         # and before the answer costs the grant (the replay is skipped, the gateway asks
         # again), never more than the limit.
         accounts[req.key_id.encode()] = account.dump()
-        await _reply_topic(req.reply_topic).send(key=req.event_id.encode(),
-                                                 value=grant.encode())
+        await grants.send(req.reply_topic, req.event_id.encode(), grant.encode())
         for budget, threshold, used in crossed:
             day, month = periods(time.time())
             alert = BudgetAlert(key_id=req.key_id, tenant=req.tenant, budget=budget,
