@@ -155,6 +155,7 @@ async def run(bootstrap: str, fetches: int, cycles: int) -> dict[str, object]:
     return {"sequential": sequential, "parallel": parallel, "held": held,
             "to_limiter": [leg[0] for leg in legs], "from_limiter": [leg[1] for leg in legs],
             "broker_hop": hops, "broker_round_trip": round_trips,
+            "fetch_wait_ms": settings.kafka_fetch_wait_ms,
             "fetched": fetched, "cycles": cycles}
 
 
@@ -194,7 +195,8 @@ def render(r: dict[str, object]) -> str:
         f"(target ≤ {TARGET_FETCH_P99_MS:g} ms: {verdict(fetch_p99 <= TARGET_FETCH_P99_MS)}).",
         "",
         "A lease fetch is two broker hops (gateway → limiter → gateway). The embedded broker "
-        "answers a fetch only when the consumer's wait (3 ms) runs out, so each hop costs "
+        f"answers a fetch only when the consumer's wait ({r['fetch_wait_ms']} ms) runs out, "
+        "so each hop costs "
         "about that wait even when idle (the last two rows: two hops with nothing in between "
         f"already take {percentile(r['broker_round_trip'], 0.99):.2f} ms at p99); "  # type: ignore[arg-type]
         "Apache Kafka answers as soon as data "
