@@ -133,13 +133,14 @@ async def run(bootstrap: str, fetches: int, cycles: int) -> dict[str, object]:
     reply = topics.replies(GATEWAY_ID)
     await topics.ensure(bootstrap, [reply])
     producer = bus.producer(bootstrap)
-    replies = ReplyRouter(bus.reader(bootstrap, settings.kafka_fetch_wait_ms), reply.name)
+    replies = ReplyRouter(bus.reader(bootstrap, settings.kafka_fetch_wait_ms), bootstrap,
+                          GATEWAY_ID, rotate_after=settings.reply_rotate_records)
     await producer.start()
     await replies.start()
     router = asyncio.create_task(replies.run())
     hops = await _broker_trips(bootstrap, 500, settings.kafka_fetch_wait_ms, relayed=False)
     round_trips = await _broker_trips(bootstrap, 500, settings.kafka_fetch_wait_ms, relayed=True)
-    book = LeaseBook(producer, replies, GATEWAY_ID, reply.name,
+    book = LeaseBook(producer, replies, GATEWAY_ID,
                      timeout=settings.lease_timeout_s, lease_ttl=settings.lease_ttl_s,
                      max_requests=settings.lease_max_requests)
     try:

@@ -38,12 +38,14 @@ def create_app(settings: Settings | None = None) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         bootstrap = settings.kafka_bootstrap
-        reply = topics.replies(settings.resolved_gateway_id)
+        gateway_id = settings.resolved_gateway_id
         await topics.ensure(bootstrap, [
-            reply, *(topics.inference(m, settings.inference_partitions) for m in settings.models)])
+            topics.replies(gateway_id),
+            *(topics.inference(m, settings.inference_partitions) for m in settings.models)])
         producer = bus.producer(bootstrap)
         await producer.start()
-        replies = ReplyRouter(bus.reader(bootstrap, settings.kafka_fetch_wait_ms), reply.name)
+        replies = ReplyRouter(bus.reader(bootstrap, settings.kafka_fetch_wait_ms), bootstrap,
+                              gateway_id, rotate_after=settings.reply_rotate_records)
         registry = WorkerRegistry(bus.reader(bootstrap, 100), settings.models)
         keys = KeyStore(bus.reader(bootstrap, 50), settings.admin_key)
         experiments = ExperimentBook(bus.reader(bootstrap, 50))
@@ -52,7 +54,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         for follower in followers:
             await follower.start()
         outcomes = Outcomes(producer, Metrics())
-        leases = LeaseBook(producer, replies, settings.resolved_gateway_id, reply.name,
+        leases = LeaseBook(producer, replies, gateway_id,
                            timeout=settings.lease_timeout_s, lease_ttl=settings.lease_ttl_s,
                            max_requests=settings.lease_max_requests)
         streams = httpx.AsyncClient(base_url=settings.streams_url)
@@ -66,7 +68,6 @@ def create_app(settings: Settings | None = None) -> Starlette:
                                 queue_factor=settings.queue_factor,
                                 fixed_limit=settings.max_in_flight_per_model),
             outcomes=outcomes,
-            reply_topic=reply.name,
             keys=keys,
             ips=IpLimiter(settings.unauthenticated_per_minute, settings.unauthenticated_burst,
                           settings.trusted_proxies),

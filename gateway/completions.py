@@ -62,7 +62,7 @@ def _route(request: Request, model: str, user: str | None) -> dict[str, object]:
         "key_id": principal.key_id,
         "tenant": principal.tenant,
         "request_id": request.state.request_id,
-        "reply_topic": st.reply_topic,
+        "reply_topic": st.replies.topic,
         "deadline": time.time() + st.settings.request_timeout,
     }
 

@@ -100,12 +100,11 @@ class Admitted:
 
 class LeaseBook:
     def __init__(self, producer: AIOKafkaProducer, replies: ReplyRouter, gateway_id: str,
-                 reply_topic: str, *, timeout: float, lease_ttl: float, max_requests: int,
+                 *, timeout: float, lease_ttl: float, max_requests: int,
                  denial_cache_s: float = 0.5, slot_renew_s: float = 10.0) -> None:
         self._producer = producer
         self._replies = replies
         self._gateway_id = gateway_id
-        self._reply_topic = reply_topic
         self._timeout = timeout
         self._lease_ttl = lease_ttl
         self._max_requests = max_requests
@@ -184,7 +183,7 @@ class LeaseBook:
         need_tokens = max(0, tokens * max(1, need_requests) - lease.tokens)
         req = LeaseRequested(
             key_id=principal.key_id, tenant=principal.tenant, gateway_id=self._gateway_id,
-            reply_topic=self._reply_topic, requests=need_requests, tokens=need_tokens,
+            reply_topic=self._replies.topic, requests=need_requests, tokens=need_tokens,
             tokens_min=max(0, tokens - lease.tokens) if need_tokens else 0,
             slots=1 if lease.in_use >= lease.slots else 0, held_slots=lease.slots,
             returned_requests=returned_requests, returned_tokens=returned_tokens,
@@ -206,6 +205,8 @@ class LeaseBook:
 
     async def _round_trip(self, req: LeaseRequested) -> LeaseGranted:
         pending = self._replies.open(req.event_id)
+        if pending.topic != req.reply_topic:
+            req = req.model_copy(update={"reply_topic": pending.topic})
         try:
             await self._producer.send(topics.LEASES, req.encode(), key=req.key_id.encode())
             reply = await pending.get_event(timeout=self._timeout)
@@ -234,7 +235,7 @@ class LeaseBook:
             held = lease.in_use if shrink else lease.slots
             req = LeaseRequested(
                 key_id=key_id, tenant=principal.tenant, gateway_id=self._gateway_id,
-                reply_topic=self._reply_topic, requests=0, tokens=0, slots=0,
+                reply_topic=self._replies.topic, requests=0, tokens=0, slots=0,
                 held_slots=held, returned_requests=lease.requests if stale else 0,
                 returned_tokens=lease.tokens if stale else 0,
                 returned_at=lease.granted_at if stale else 0.0,

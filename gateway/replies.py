@@ -13,20 +13,26 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from pydantic import ValidationError
 
+from schemas import topics
 from schemas.events import AnyEvent, ChoiceDelta, TokenChunk, TokenUsage, decode
 
 log = logging.getLogger("sluice.gateway.replies")
 
 
 class Pending:
-    """The replies to one request (token chunks, or a lease grant), in arrival order."""
+    """The replies to one request (token chunks, or a lease grant), in arrival order.
 
-    def __init__(self) -> None:
+    `topic` is the reply topic the request must name: the one the router read when the
+    request was opened.
+    """
+
+    def __init__(self, topic: str) -> None:
+        self.topic = topic
         self._queue: asyncio.Queue[AnyEvent | BaseException] = asyncio.Queue()
 
     def put(self, item: AnyEvent | BaseException) -> None:
@@ -45,44 +51,131 @@ class Pending:
 
 
 class ReplyRouter:
-    def __init__(self, consumer: AIOKafkaConsumer, topic: str) -> None:
+    """Reads this gateway's reply topics and hands each reply to the request waiting for it.
+
+    Two habits of the embedded broker (Tansu 0.6, memory storage) shape it; both are
+    inert on Apache Kafka:
+
+    - **Fetches slow down as a partition grows**, and a fetch whose reading outlasts the
+      consumer's wait comes back empty. A reply partition of some thousands of batches
+      (about a hundred streamed answers) would stop the gateway's replies altogether.
+      So every `rotate_after` replies the router moves to a fresh reply topic; new
+      requests name it, and the old one is read until its last request has ended, then
+      deleted. 0 never rotates (the setting for Apache Kafka).
+    - **A record can become visible after the one behind it** when several producers
+      (workers, the limiter) write one partition. A consumer that fetched past it would
+      never see it; the router notices the hole in the offsets and reads it again, for
+      up to `gap_wait_s`, before it gives up on that offset.
+    """
+
+    def __init__(self, consumer: AIOKafkaConsumer, bootstrap: str, gateway_id: str, *,
+                 rotate_after: int = 0, grace_s: float = 5.0, gap_wait_s: float = 0.5) -> None:
         self._consumer = consumer
-        self._topic = topic
+        self._bootstrap = bootstrap
+        self._gateway_id = gateway_id
+        self._rotate_after = rotate_after
+        self._grace_s = grace_s
+        self._gap_wait_s = gap_wait_s
+        self._generation = 0
+        self.topic = topics.replies(gateway_id).name
         self._waiting: dict[bytes, Pending] = {}
+        self._open: Counter[str] = Counter()
+        self._retired: dict[str, float] = {}  # topic -> when it stopped taking requests
+        self._next: dict[TopicPartition, int] = {}
+        self._gap: dict[TopicPartition, tuple[int, float]] = {}
 
     async def start(self) -> None:
         await self._consumer.start()
-        partitions = self._consumer.partitions_for_topic(self._topic) or {0}
-        assigned = [TopicPartition(self._topic, p) for p in partitions]
-        self._consumer.assign(assigned)
         # Replies are only for requests made from now on.
-        await self._consumer.seek_to_end(*assigned)
+        await self._follow([TopicPartition(self.topic, 0)])
+
+    async def _follow(self, added: list[TopicPartition]) -> None:
+        """Add partitions, read from their current end; the others keep their place."""
+        consumer = self._consumer
+        kept = {tp: await consumer.position(tp) for tp in consumer.assignment()}
+        ends = await consumer.end_offsets(added)
+        self._assign({**kept, **ends})
+
+    def _assign(self, positions: dict[TopicPartition, int]) -> None:
+        self._consumer.assign(list(positions))
+        for tp, offset in positions.items():
+            self._consumer.seek(tp, offset)
+        self._next = dict(positions)
+        self._gap = {tp: gap for tp, gap in self._gap.items() if tp in positions}
 
     def open(self, request_id: str) -> Pending:
-        pending = Pending()
+        pending = Pending(self.topic)
         self._waiting[request_id.encode()] = pending
+        self._open[pending.topic] += 1
         return pending
 
     def close(self, request_id: str) -> None:
-        self._waiting.pop(request_id.encode(), None)
+        pending = self._waiting.pop(request_id.encode(), None)
+        if pending is not None:
+            self._open[pending.topic] -= 1
 
     @property
     def waiting(self) -> int:
         return len(self._waiting)
 
     async def run(self) -> None:
-        consumer = self._consumer
         while True:
-            batch = await consumer.getmany(timeout_ms=1000)
-            for records in batch.values():
-                for record in records:
-                    pending = self._waiting.get(record.key or b"")
-                    if pending is None:
-                        continue
-                    try:
-                        pending.put(decode(record.value))
-                    except ValidationError as exc:
-                        log.error("dropping malformed reply: %s", exc)
+            batch = await self._consumer.getmany(timeout_ms=1000)
+            for tp, records in batch.items():
+                for record in self._in_order(tp, records):
+                    self._route(record)
+            await self._maintain()
+
+    def _in_order(self, tp: TopicPartition, records: list[ConsumerRecord]
+                  ) -> list[ConsumerRecord]:
+        """`records` up to the first hole in the offsets; the hole is read again."""
+        expected = self._next.get(tp)
+        taken = []
+        for record in records:
+            if expected is not None and record.offset > expected:
+                offset, since = self._gap.setdefault(tp, (expected, time.monotonic()))
+                if time.monotonic() - since < self._gap_wait_s:
+                    self._consumer.seek(tp, expected)
+                    break
+                log.warning("%s: offsets %d-%d never arrived", tp.topic, offset,
+                            record.offset - 1)
+            self._gap.pop(tp, None)
+            taken.append(record)
+            expected = record.offset + 1
+        if expected is not None:
+            self._next[tp] = expected
+        return taken
+
+    def _route(self, record: ConsumerRecord) -> None:
+        pending = self._waiting.get(record.key or b"")
+        if pending is None:
+            return
+        try:
+            pending.put(decode(record.value))
+        except ValidationError as exc:
+            log.error("dropping malformed reply: %s", exc)
+
+    async def _maintain(self) -> None:
+        """Move to a fresh reply topic when this one is full; drop drained old ones."""
+        current = TopicPartition(self.topic, 0)
+        if self._rotate_after and self._next.get(current, 0) >= self._rotate_after:
+            self._generation += 1
+            spec = topics.replies(self._gateway_id, self._generation)
+            await topics.ensure(self._bootstrap, [spec], fixed=False)
+            await self._follow([TopicPartition(spec.name, 0)])
+            self._retired[self.topic] = time.monotonic()
+            log.info("replies now on %s (%s had %d)", spec.name, self.topic,
+                     self._next[current])
+            self.topic = spec.name
+        now = time.monotonic()
+        done = [t for t, since in self._retired.items()
+                if self._open[t] <= 0 and now - since >= self._grace_s]
+        if done:
+            for t in done:
+                del self._retired[t]
+                del self._open[t]
+            self._assign({tp: pos for tp, pos in self._next.items() if tp.topic not in done})
+            await topics.delete(self._bootstrap, done)
 
     async def stop(self) -> None:
         await self._consumer.stop()

@@ -21,6 +21,10 @@ class Settings(BaseSettings):
     # interval; with Apache Kafka a larger wait costs no latency.
     kafka_fetch_wait_ms: int = 3
     inference_partitions: int = 8
+    reply_rotate_records: int = Field(
+        default=1000, description="Move to a fresh reply topic after this many replies, "
+        "because the embedded broker's fetches slow as a partition grows (0: never, the "
+        "setting for Apache Kafka).")
 
     models: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: ["smollm2-135m-instruct"],

@@ -48,9 +48,11 @@ def inference(model: str, partitions: int = 8) -> TopicSpec:
     return TopicSpec(INFERENCE_PREFIX + topic_safe(model), partitions)
 
 
-def replies(gateway_id: str) -> TopicSpec:
-    """The topic a single gateway reads its token chunks from."""
-    return TopicSpec(REPLIES_PREFIX + topic_safe(gateway_id), 1)
+def replies(gateway_id: str, generation: int = 0) -> TopicSpec:
+    """The topic a single gateway reads its token chunks from; a gateway that moves on to
+    a fresh one (see `gateway.replies`) numbers them from 1."""
+    suffix = f".{generation}" if generation else ""
+    return TopicSpec(REPLIES_PREFIX + topic_safe(gateway_id) + suffix, 1)
 
 
 # Control messages go to every worker (no consumer group), so one partition keeps
@@ -80,8 +82,10 @@ def static(name: str) -> TopicSpec:
     raise KeyError(name)
 
 
-async def ensure(bootstrap: str, extra: Iterable[TopicSpec] = ()) -> None:
-    """Create every fixed topic and `extra` that does not exist yet, with its layout.
+async def ensure(bootstrap: str, extra: Iterable[TopicSpec] = (), *, fixed: bool = True
+                 ) -> None:
+    """Create every fixed topic (unless not `fixed`) and `extra` that does not exist yet,
+    with its layout.
 
     Every service calls this at start, so whichever comes first lays the topics out as
     above; a broker that auto-creates topics would otherwise give them its own partition
@@ -90,7 +94,7 @@ async def ensure(bootstrap: str, extra: Iterable[TopicSpec] = ()) -> None:
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
     from aiokafka.errors import TopicAlreadyExistsError
 
-    specs = {s.name: s for s in (*STATIC, *extra)}
+    specs = {s.name: s for s in (*(STATIC if fixed else ()), *extra)}
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:
@@ -100,5 +104,17 @@ async def ensure(bootstrap: str, extra: Iterable[TopicSpec] = ()) -> None:
             with contextlib.suppress(TopicAlreadyExistsError):
                 await admin.create_topics(
                     [NewTopic(s.name, s.partitions, 1, topic_configs=s.config) for s in missing])
+    finally:
+        await admin.close()
+
+
+async def delete(bootstrap: str, names: Iterable[str]) -> None:
+    """Delete topics; one already gone is not an error."""
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.delete_topics(list(names))
     finally:
         await admin.close()

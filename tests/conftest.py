@@ -208,7 +208,8 @@ def start_worker(name: str, env: dict[str, str], gateway: Gateway, expect: int) 
 
 @pytest.fixture(scope="session")
 def gateway(stack_env: dict[str, str], streams: Proc) -> Iterator[Gateway]:
-    gw = start_gateway("gateway", stack_env)
+    # A small reply topic, so that every test crosses the gateway's moves to fresh ones.
+    gw = start_gateway("gateway", stack_env, reply_rotate_records="200")
     yield gw
     gw.proc.stop(30)
 
