@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
+from schemas import holes
+
+holes.install()
+
 
 def producer(bootstrap: str) -> AIOKafkaProducer:
     return AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=0, acks=1)

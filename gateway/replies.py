@@ -53,36 +53,28 @@ class Pending:
 class ReplyRouter:
     """Reads this gateway's reply topics and hands each reply to the request waiting for it.
 
-    Two habits of the embedded broker (Tansu 0.6, memory storage) shape it; both are
-    inert on Apache Kafka:
-
-    - **Fetches slow down as a partition grows**, and a fetch whose reading outlasts the
-      consumer's wait comes back empty. A reply partition of some thousands of batches
-      (about a hundred streamed answers) would stop the gateway's replies altogether.
-      So every `rotate_after` replies the router moves to a fresh reply topic; new
-      requests name it, and the old one is read until its last request has ended, then
-      deleted. 0 never rotates (the setting for Apache Kafka).
-    - **A record can become visible after the one behind it** when several producers
-      (workers, the limiter) write one partition. A consumer that fetched past it would
-      never see it; the router notices the hole in the offsets and reads it again, for
-      up to `gap_wait_s`, before it gives up on that offset.
+    On the embedded broker (Tansu 0.6, memory storage) a fetch slows as its partition
+    grows, and one whose reading outlasts the consumer's wait comes back empty: a reply
+    partition of some thousands of batches (about a hundred streamed answers) would stop
+    the gateway's replies altogether. So every `rotate_after` replies the router moves to
+    a fresh reply topic; new requests name it, and the old one is read until its last
+    request has ended, then deleted. 0 never rotates, the setting for Apache Kafka.
+    (Its other habit, holes in the offsets, is `schemas.holes`.)
     """
 
     def __init__(self, consumer: AIOKafkaConsumer, bootstrap: str, gateway_id: str, *,
-                 rotate_after: int = 0, grace_s: float = 5.0, gap_wait_s: float = 0.5) -> None:
+                 rotate_after: int = 0, grace_s: float = 5.0) -> None:
         self._consumer = consumer
         self._bootstrap = bootstrap
         self._gateway_id = gateway_id
         self._rotate_after = rotate_after
         self._grace_s = grace_s
-        self._gap_wait_s = gap_wait_s
         self._generation = 0
         self.topic = topics.replies(gateway_id).name
         self._waiting: dict[bytes, Pending] = {}
         self._open: Counter[str] = Counter()
         self._retired: dict[str, float] = {}  # topic -> when it stopped taking requests
-        self._next: dict[TopicPartition, int] = {}
-        self._gap: dict[TopicPartition, tuple[int, float]] = {}
+        self._next: dict[TopicPartition, int] = {}  # the position in each reply topic
 
     async def start(self) -> None:
         await self._consumer.start()
@@ -101,7 +93,6 @@ class ReplyRouter:
         for tp, offset in positions.items():
             self._consumer.seek(tp, offset)
         self._next = dict(positions)
-        self._gap = {tp: gap for tp, gap in self._gap.items() if tp in positions}
 
     def open(self, request_id: str) -> Pending:
         pending = Pending(self.topic)
@@ -122,29 +113,10 @@ class ReplyRouter:
         while True:
             batch = await self._consumer.getmany(timeout_ms=1000)
             for tp, records in batch.items():
-                for record in self._in_order(tp, records):
+                for record in records:
                     self._route(record)
+                self._next[tp] = records[-1].offset + 1
             await self._maintain()
-
-    def _in_order(self, tp: TopicPartition, records: list[ConsumerRecord]
-                  ) -> list[ConsumerRecord]:
-        """`records` up to the first hole in the offsets; the hole is read again."""
-        expected = self._next.get(tp)
-        taken = []
-        for record in records:
-            if expected is not None and record.offset > expected:
-                offset, since = self._gap.setdefault(tp, (expected, time.monotonic()))
-                if time.monotonic() - since < self._gap_wait_s:
-                    self._consumer.seek(tp, expected)
-                    break
-                log.warning("%s: offsets %d-%d never arrived", tp.topic, offset,
-                            record.offset - 1)
-            self._gap.pop(tp, None)
-            taken.append(record)
-            expected = record.offset + 1
-        if expected is not None:
-            self._next[tp] = expected
-        return taken
 
     def _route(self, record: ConsumerRecord) -> None:
         pending = self._waiting.get(record.key or b"")

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
+from schemas import holes
+
+holes.install()
+
 
 def producer(bootstrap: str) -> AIOKafkaProducer:
     # linger 0: a token chunk leaves at once; aiokafka still batches whatever queues up

@@ -22,6 +22,8 @@
   producer tracks every topic from the start. A table write needs its changelog's
   partition count before the producer may know it; it is the count Faust creates
   changelogs with.
+- **Holes.** A record the broker shows after a later one is read again, not skipped
+  (`schemas.holes`): usage events from two workers would otherwise lose one now and then.
 """
 
 from __future__ import annotations
@@ -37,6 +39,10 @@ from aiokafka.partitioner import DefaultPartitioner
 from faust.transport.consumer import CONSUMER_FETCHING
 from faust.transport.drivers import aiokafka as driver
 from faust.types import TP
+
+from schemas import holes
+
+holes.install()
 
 
 async def true_ends(bootstrap: list[str], ends: Mapping[TP, int]) -> dict[TP, int]:
