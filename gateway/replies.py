@@ -75,18 +75,23 @@ class ReplyRouter:
         self._open: Counter[str] = Counter()
         self._retired: dict[str, float] = {}  # topic -> when it stopped taking requests
         self._next: dict[TopicPartition, int] = {}  # the position in each reply topic
+        # The next topic, made ready off the reply path (its metadata alone costs the
+        # consumer 100 ms); read from once ready, named by requests once this one is full.
+        self._upcoming: asyncio.Task[tuple[TopicPartition, int]] | None = None
+        self._chores: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
         await self._consumer.start()
         # Replies are only for requests made from now on.
-        await self._follow([TopicPartition(self.topic, 0)])
+        tp, end = await self._new_end(self.topic)
+        self._assign({tp: end})
 
-    async def _follow(self, added: list[TopicPartition]) -> None:
-        """Add partitions, read from their current end; the others keep their place."""
-        consumer = self._consumer
-        kept = {tp: await consumer.position(tp) for tp in consumer.assignment()}
-        ends = await consumer.end_offsets(added)
-        self._assign({**kept, **ends})
+    async def _new_end(self, topic: str) -> tuple[TopicPartition, int]:
+        """Where replies to `topic` will start: its end (nothing, unless it is left over
+        from an earlier run). Also teaches the consumer where the topic lives."""
+        await topics.ensure(self._bootstrap, [topics.TopicSpec(topic, 1)], fixed=False)
+        tp = TopicPartition(topic, 0)
+        return tp, (await self._consumer.end_offsets([tp]))[tp]
 
     def _assign(self, positions: dict[TopicPartition, int]) -> None:
         self._consumer.assign(list(positions))
@@ -116,7 +121,7 @@ class ReplyRouter:
                 for record in records:
                     self._route(record)
                 self._next[tp] = records[-1].offset + 1
-            await self._maintain()
+            self._maintain()
 
     def _route(self, record: ConsumerRecord) -> None:
         pending = self._waiting.get(record.key or b"")
@@ -127,18 +132,27 @@ class ReplyRouter:
         except ValidationError as exc:
             log.error("dropping malformed reply: %s", exc)
 
-    async def _maintain(self) -> None:
-        """Move to a fresh reply topic when this one is full; drop drained old ones."""
-        current = TopicPartition(self.topic, 0)
-        if self._rotate_after and self._next.get(current, 0) >= self._rotate_after:
+    def _maintain(self) -> None:
+        """Move to a fresh reply topic when this one is full; drop drained old ones.
+
+        Runs between reads, so the positions in `_next` are the consumer's own.
+        """
+        filled = self._next.get(TopicPartition(self.topic, 0), 0)
+        upcoming = self._upcoming
+        if self._rotate_after and filled >= self._rotate_after // 2 and upcoming is None:
+            name = topics.replies(self._gateway_id, self._generation + 1).name
+            self._upcoming = asyncio.create_task(self._new_end(name))
+        elif upcoming is not None and upcoming.done() and filled >= self._rotate_after:
+            self._upcoming = None
+            if upcoming.exception() is not None:
+                log.warning("no fresh reply topic yet: %r", upcoming.exception())
+                return
+            tp, end = upcoming.result()
+            self._assign({**self._next, tp: end})
             self._generation += 1
-            spec = topics.replies(self._gateway_id, self._generation)
-            await topics.ensure(self._bootstrap, [spec], fixed=False)
-            await self._follow([TopicPartition(spec.name, 0)])
             self._retired[self.topic] = time.monotonic()
-            log.info("replies now on %s (%s had %d)", spec.name, self.topic,
-                     self._next[current])
-            self.topic = spec.name
+            log.info("replies now on %s (%s had %d)", tp.topic, self.topic, filled)
+            self.topic = tp.topic
         now = time.monotonic()
         done = [t for t, since in self._retired.items()
                 if self._open[t] <= 0 and now - since >= self._grace_s]
@@ -147,9 +161,14 @@ class ReplyRouter:
                 del self._retired[t]
                 del self._open[t]
             self._assign({tp: pos for tp, pos in self._next.items() if tp.topic not in done})
-            await topics.delete(self._bootstrap, done)
+            chore = asyncio.create_task(topics.delete(self._bootstrap, done))
+            self._chores.add(chore)
+            chore.add_done_callback(self._chores.discard)
 
     async def stop(self) -> None:
+        for task in (self._upcoming, *self._chores):
+            if task is not None:
+                task.cancel()
         await self._consumer.stop()
 
 
