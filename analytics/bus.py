@@ -5,9 +5,9 @@ from __future__ import annotations
 from aiokafka import AIOKafkaConsumer
 
 from analytics.settings import Settings
-from schemas import holes, topics
+from schemas import tansu, topics
 
-holes.install()
+tansu.install()
 
 # The streams the sink lands in ClickHouse, one table each.
 SOURCES: tuple[str, ...] = (topics.REQUESTS, topics.USAGE, topics.CACHE, topics.LEDGER)

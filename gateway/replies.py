@@ -59,7 +59,7 @@ class ReplyRouter:
     the gateway's replies altogether. So every `rotate_after` replies the router moves to
     a fresh reply topic; new requests name it, and the old one is read until its last
     request has ended, then deleted. 0 never rotates, the setting for Apache Kafka.
-    (Its other habit, holes in the offsets, is `schemas.holes`.)
+    (Its other habit, holes in the offsets, is `schemas.tansu`.)
     """
 
     def __init__(self, consumer: AIOKafkaConsumer, bootstrap: str, gateway_id: str, *,

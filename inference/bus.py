@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from schemas import holes
+from schemas import tansu
 
-holes.install()
+tansu.install()
 
 
 def producer(bootstrap: str) -> AIOKafkaProducer:

@@ -23,7 +23,7 @@
   partition count before the producer may know it; it is the count Faust creates
   changelogs with.
 - **Holes.** A record the broker shows after a later one is read again, not skipped
-  (`schemas.holes`): usage events from two workers would otherwise lose one now and then.
+  (`schemas.tansu`): usage events from two workers would otherwise lose one now and then.
 """
 
 from __future__ import annotations
@@ -40,9 +40,9 @@ from faust.transport.consumer import CONSUMER_FETCHING
 from faust.transport.drivers import aiokafka as driver
 from faust.types import TP
 
-from schemas import holes
+from schemas import tansu
 
-holes.install()
+tansu.install()
 
 
 async def true_ends(bootstrap: list[str], ends: Mapping[TP, int]) -> dict[TP, int]:

@@ -35,9 +35,9 @@ def test_services_import_only_schemas(package: str) -> None:
 def test_schemas_depend_on_pydantic_and_stdlib_only() -> None:
     allowed = {"pydantic", "schemas", "__future__"}
     # The exceptions, both about reading and writing the topics themselves: topics.py
-    # creates the topics it lays out (`topics.ensure`), and holes.py makes every consumer
+    # creates the topics it lays out (`topics.ensure`), and tansu.py makes every consumer
     # read them whole on the embedded broker.
-    kafka = {("schemas/topics.py", "aiokafka"), ("schemas/holes.py", "aiokafka")}
+    kafka = {("schemas/topics.py", "aiokafka"), ("schemas/tansu.py", "aiokafka")}
     wrong = {(f, m) for f, m in _imports("schemas")
              if m not in allowed and m not in sys.stdlib_module_names and (f, m) not in kafka}
     assert wrong == set()
