@@ -97,9 +97,10 @@ async def _broker_trips(bootstrap: str, n: int, fetch_wait_ms: int, relayed: boo
     await topics.ensure(bootstrap, [ping, pong])
     producer, replier = bus.producer(bootstrap), bus.producer(bootstrap)
     relay, back = bus.reader(bootstrap, fetch_wait_ms), bus.reader(bootstrap, fetch_wait_ms)
-    for client in (producer, replier, relay, back):
+    clients = (producer, replier, relay, back) if relayed else (producer, relay)
+    for client in clients:
         await client.start()
-    for consumer, spec in ((relay, ping), (back, pong)):
+    for consumer, spec in ((relay, ping), (back, pong))[:len(clients) // 2]:
         tp = TopicPartition(spec.name, 0)
         consumer.assign([tp])
         await consumer.seek_to_end(tp)
@@ -123,15 +124,14 @@ async def _broker_trips(bootstrap: str, n: int, fetch_wait_ms: int, relayed: boo
     finally:
         if task is not None:
             task.cancel()
-        for client in (back, relay, replier, producer):
+        for client in reversed(clients):
             await client.stop()
     return times
 
 
 async def run(bootstrap: str, fetches: int, cycles: int) -> dict[str, object]:
     settings = GatewaySettings(kafka_bootstrap=bootstrap, gateway_id=GATEWAY_ID)
-    reply = topics.replies(GATEWAY_ID)
-    await topics.ensure(bootstrap, [reply])
+    await topics.ensure(bootstrap)  # the reply topics are the router's own
     producer = bus.producer(bootstrap)
     replies = ReplyRouter(bus.reader(bootstrap, settings.kafka_fetch_wait_ms), bootstrap,
                           GATEWAY_ID, rotate_after=settings.reply_rotate_records)

@@ -39,9 +39,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         bootstrap = settings.kafka_bootstrap
         gateway_id = settings.resolved_gateway_id
-        await topics.ensure(bootstrap, [
-            topics.replies(gateway_id),
-            *(topics.inference(m, settings.inference_partitions) for m in settings.models)])
+        await topics.ensure(bootstrap, [  # the reply topics are the router's own
+            topics.inference(m, settings.inference_partitions) for m in settings.models])
         producer = bus.producer(bootstrap)
         await producer.start()
         replies = ReplyRouter(bus.reader(bootstrap, settings.kafka_fetch_wait_ms), bootstrap,

@@ -205,8 +205,7 @@ class LeaseBook:
 
     async def _round_trip(self, req: LeaseRequested) -> LeaseGranted:
         pending = self._replies.open(req.event_id)
-        if pending.topic != req.reply_topic:
-            req = req.model_copy(update={"reply_topic": pending.topic})
+        req = pending.readdress(req)
         try:
             await self._producer.send(topics.LEASES, req.encode(), key=req.key_id.encode())
             reply = await pending.get_event(timeout=self._timeout)

@@ -100,8 +100,7 @@ class Call:
         self._ticket = await st.admission.admit(self.event.model)
         st.outcomes.metrics.in_flight.labels(self.event.model).inc()
         self._pending = st.replies.open(self.request_id)
-        if self._pending.topic != self.event.reply_topic:  # moved on while admitting
-            self.event = self.event.model_copy(update={"reply_topic": self._pending.topic})
+        self.event = self._pending.readdress(self.event)  # it may have moved on meanwhile
         topic = topics.inference(self.event.model, st.settings.inference_partitions).name
         delivery = await st.producer.send(topic, self.event.encode(),
                                           key=self.request_id.encode())

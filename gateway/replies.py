@@ -14,14 +14,25 @@ import asyncio
 import logging
 import time
 from collections import Counter, defaultdict
+from typing import TypeVar
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from pydantic import ValidationError
 
 from schemas import topics
-from schemas.events import AnyEvent, ChoiceDelta, TokenChunk, TokenUsage, decode
+from schemas.events import (
+    AnyEvent,
+    ChoiceDelta,
+    InferenceRequested,
+    LeaseRequested,
+    TokenChunk,
+    TokenUsage,
+    decode,
+)
 
 log = logging.getLogger("sluice.gateway.replies")
+
+E = TypeVar("E", InferenceRequested, LeaseRequested)
 
 
 class Pending:
@@ -43,6 +54,13 @@ class Pending:
         if isinstance(item, BaseException):
             raise item
         return item
+
+    def readdress(self, event: E) -> E:
+        """`event`, naming this request's reply topic (the router may have moved on since
+        the event was made)."""
+        if event.reply_topic == self.topic:
+            return event
+        return event.model_copy(update={"reply_topic": self.topic})
 
     async def get(self, timeout: float) -> TokenChunk:
         item = await self.get_event(timeout)
