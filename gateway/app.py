@@ -52,10 +52,12 @@ def create_app(settings: Settings | None = None) -> Starlette:
         followers = (replies, registry, keys, experiments, prices)
         for follower in followers:
             await follower.start()
-        outcomes = Outcomes(producer, Metrics())
+        metrics = Metrics()
+        outcomes = Outcomes(producer, metrics)
         leases = LeaseBook(producer, replies, gateway_id,
                            timeout=settings.lease_timeout_s, lease_ttl=settings.lease_ttl_s,
-                           max_requests=settings.lease_max_requests)
+                           max_requests=settings.lease_max_requests,
+                           round_trips=metrics.lease_round_trips)
         streams = httpx.AsyncClient(base_url=settings.streams_url)
         app.state.reporting = reporting.client(settings)
         app.state.gateway = GatewayState(

@@ -22,6 +22,7 @@ import time
 from dataclasses import dataclass, field
 
 from aiokafka import AIOKafkaProducer
+from prometheus_client import Counter
 
 from gateway.exceptions import RateLimited, ServiceUnavailable
 from gateway.keys import Principal
@@ -49,6 +50,10 @@ class Lease:
     def usable(self, now: float, tokens: int) -> bool:
         return (now < self.expires_at and self.requests >= 1 and self.tokens >= tokens
                 and self.in_use < self.slots)
+
+    def runs_short(self, tokens: int) -> bool:
+        """Whether another request of `tokens` would find this lease spent."""
+        return self.requests < 1 or self.tokens < tokens
 
 
 def _duration(seconds: float) -> str:
@@ -101,7 +106,8 @@ class Admitted:
 class LeaseBook:
     def __init__(self, producer: AIOKafkaProducer, replies: ReplyRouter, gateway_id: str,
                  *, timeout: float, lease_ttl: float, max_requests: int,
-                 denial_cache_s: float = 0.5, slot_renew_s: float = 10.0) -> None:
+                 denial_cache_s: float = 0.5, slot_renew_s: float = 10.0,
+                 round_trips: Counter | None = None) -> None:
         self._producer = producer
         self._replies = replies
         self._gateway_id = gateway_id
@@ -110,6 +116,7 @@ class LeaseBook:
         self._max_requests = max_requests
         self._denial_cache_s = denial_cache_s
         self._slot_renew_s = slot_renew_s
+        self._round_trips = round_trips
         self.leases: dict[str, Lease] = {}
         self._background: set[asyncio.Task[None]] = set()
 
@@ -132,12 +139,12 @@ class LeaseBook:
                 lease.last_admit = now
                 admitted = Admitted(self, principal.key_id, tokens, lease.granted_at,
                                     headers(lease, now))
-                if lease.requests < 1 and lease.rate * self._lease_ttl >= PREFETCH_AT:
+                if lease.runs_short(tokens) and lease.rate * self._lease_ttl >= PREFETCH_AT:
                     self._prefetch(principal, lease, tokens)
                 return admitted
             if lease.denied_until > now and lease.denial is not None:
                 raise _rejection(lease.denial, lease, now)
-            await self._refill(principal, lease, tokens)
+            await self._refill(principal, lease, tokens, waited=True)
 
     def _prefetch(self, principal: Principal, lease: Lease, tokens: int) -> None:
         """Fetch the next lease now, in the background, so that the key's next request
@@ -145,7 +152,8 @@ class LeaseBook:
         when the lease expires, as always."""
         if lease.fetching is not None:
             return
-        task = asyncio.get_running_loop().create_task(self._refill(principal, lease, tokens))
+        task = asyncio.get_running_loop().create_task(
+            self._refill(principal, lease, tokens, waited=False))
         self._background.add(task)
         task.add_done_callback(self._prefetched)
 
@@ -159,11 +167,14 @@ class LeaseBook:
         if lease is not None and lease.in_use > 0:
             lease.in_use -= 1
 
-    async def _refill(self, principal: Principal, lease: Lease, tokens: int) -> None:
+    async def _refill(self, principal: Principal, lease: Lease, tokens: int, *,
+                      waited: bool) -> None:
         if lease.fetching is not None:  # one round trip per key at a time; share it
             await asyncio.shield(lease.fetching)
             return
         lease.fetching = asyncio.get_running_loop().create_future()
+        if self._round_trips is not None:
+            self._round_trips.labels("waited" if waited else "ahead").inc()
         try:
             await self._ask(principal, lease, tokens)
         finally:
@@ -180,7 +191,11 @@ class LeaseBook:
         if expired:
             lease.requests = lease.tokens = 0
         need_requests = wanted if lease.requests < 1 else 0
-        need_tokens = max(0, tokens * max(1, need_requests) - lease.tokens)
+        # Tokens for every request the lease is to serve, at this one's size: topped up for
+        # one request at a time, a lease whose requests grew would send each of them on a
+        # round trip of its own.
+        serves = need_requests or lease.requests
+        need_tokens = max(0, tokens * max(1, serves) - lease.tokens)
         req = LeaseRequested(
             key_id=principal.key_id, tenant=principal.tenant, gateway_id=self._gateway_id,
             reply_topic=self._replies.topic, requests=need_requests, tokens=need_tokens,

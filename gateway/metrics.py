@@ -31,3 +31,8 @@ class Metrics:
             "sluice_requests_in_flight", "Requests admitted and not yet finished.",
             ["model"], registry=self.registry,
         )
+        self.lease_round_trips = Counter(
+            "sluice_lease_round_trips", "Lease requests to the limiter: `waited` when a "
+            "request waited for the answer, `ahead` when fetched before it was needed.",
+            ["when"], registry=self.registry,
+        )

@@ -114,6 +114,30 @@ def test_concurrency_never_exceeds_the_limit_across_gateways(
     assert 1 <= peak <= limit, peak
 
 
+def _lease_round_trips(gateway: Gateway, when: str) -> float:
+    text = httpx.get(f"{gateway.url}/metrics", timeout=10).text
+    prefix = f'sluice_lease_round_trips_total{{when="{when}"}} '
+    return next((float(line[len(prefix):]) for line in text.splitlines()
+                 if line.startswith(prefix)), 0.0)
+
+
+def test_a_busy_key_whose_requests_grow_keeps_a_lease_in_hand(
+        gateway: Gateway, client: object) -> None:
+    """A lease sized for small requests, then asked for large ones: it is topped up ahead
+    for every request it still holds, not one request at a time (each of those waited for
+    a round trip to the limiter of its own)."""
+    key = create_key(gateway, _tenant(), tier="pro")
+    with httpx.Client(base_url=gateway.base_url, timeout=120,
+                      headers={"Authorization": f"Bearer {key['secret']}"}) as http:
+        for _ in range(4):  # busy enough that the lease grows past a few requests
+            assert http.post("/chat/completions", json=_body(1)).status_code == 200
+        ahead, waited = (_lease_round_trips(gateway, w) for w in ("ahead", "waited"))
+        for _ in range(8):  # each reserves about eight times what a small one did
+            assert http.post("/chat/completions", json=_body(200)).status_code == 200
+    assert _lease_round_trips(gateway, "waited") - waited <= 1
+    assert _lease_round_trips(gateway, "ahead") > ahead
+
+
 def test_headers_and_rate_limit_status(gateway: Gateway, client: object) -> None:
     key = create_key(gateway, _tenant(), tier="basic")
     auth = {"Authorization": f"Bearer {key['secret']}"}
