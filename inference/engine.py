@@ -68,6 +68,7 @@ class Engine:
             enforce_eager=eager,
             gpu_memory_utilization=settings.gpu_memory_utilization,
             enable_prefix_caching=True,
+            disable_log_stats=not settings.engine_log_stats,
         )
         llm = AsyncLLM.from_engine_args(args)
         return cls(llm, llm.model_config.max_model_len, settings.max_num_seqs,

@@ -44,6 +44,9 @@ class Settings(BaseSettings):
     )
     kv_cache_gib: float = 2.0
     gpu_memory_utilization: float = 0.9
+    # vLLM's own statistics (its periodic throughput log line); Sluice's metrics come from
+    # its events. The engine keeps them on every step, which cost ~1 ms per token here.
+    engine_log_stats: bool = False
 
     pin_frontend: bool = True
     worker_heartbeat_s: float = 1.0
