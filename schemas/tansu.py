@@ -122,6 +122,15 @@ async def _proc_fetch_request(self: Any, assignment: Any, node_id: int, request:
     return result
 
 
+def set_fetch_wait(fetcher: Any, wait_ms: int) -> None:
+    """Give a running consumer's fetcher another fetch wait; a raise for slow fetches
+    (above) carries over in proportion."""
+    base = fetcher.__dict__.get("_sluice_base_wait_ms", fetcher._fetch_max_wait_ms)
+    raised = fetcher._fetch_max_wait_ms / base if base else 1.0
+    fetcher._sluice_base_wait_ms = wait_ms
+    fetcher._fetch_max_wait_ms = max(1, round(wait_ms * raised))
+
+
 def _starved(self: Any, assignment: Any, request: Any) -> bool:
     """The embedded broker's other habit: a fetch whose reading outlasts its wait comes
     back empty, and reading grows with the partition (about 0.5 ms per 1,000 batches),

@@ -59,6 +59,9 @@ app = App(
     web_enabled=True,
 )
 app.fetch_wait_ms = settings.streams_fetch_wait_ms
+app.idle_fetch_wait_ms = settings.streams_idle_fetch_wait_ms
+app.busy_for_s = settings.streams_busy_s
+app.busy_topics = frozenset({topics.LEASES})
 
 # -- topics -------------------------------------------------------------------------------
 

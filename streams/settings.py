@@ -14,8 +14,12 @@ class Settings(BaseSettings):
     home: Path = Field(default_factory=lambda: Path.home() / ".cache" / "sluice")
     kafka_bootstrap: str = "127.0.0.1:9092"
     streams_id: str = "sluice-streams"
-    # Faust waits 1.5 s per fetch by default; Tansu answers only when the wait ends.
+    # Faust waits 1.5 s per fetch by default; Tansu answers only when the wait ends. The
+    # short wait holds while lease requests come in (and for `streams_busy_s` after the
+    # last); otherwise the app polls with the long one (see `streams.transport`).
     streams_fetch_wait_ms: int = 3
+    streams_idle_fetch_wait_ms: int = 20
+    streams_busy_s: float = 1.0
     streams_host: str = "127.0.0.1"
     streams_port: int = 6066
     session_timeout_s: float = 10.0

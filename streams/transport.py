@@ -1,9 +1,15 @@
 """Faust's Kafka transport, adjusted for the embedded Tansu broker.
 
 - **Fetch wait.** Faust builds its consumer with `fetch_max_wait_ms=1500`. Apache Kafka
-  answers a fetch as soon as data arrives, so that costs nothing there; Tansu answers
-  only when the wait runs out, which would make every hop through the streams app take
-  up to 1.5 s. This transport sets the wait from the app (`App.fetch_wait_ms`).
+  answers a fetch as soon as data arrives, so that costs nothing there; Tansu looks for
+  data only at the start of the wait and then at halvings of what is left of it (at 0,
+  1/2, 3/4... of it), which would make every hop through the streams app take up to
+  0.75 s. This transport sets the wait from the app: `App.fetch_wait_ms` while records
+  of `App.busy_topics` (lease requests, which a gateway waits on) come in and for
+  `App.busy_for_s` after the last, `App.idle_fetch_wait_ms` otherwise. Polling every
+  3 ms cost the embedded broker and this process about a third of a core between them
+  (measured: TTFT p50 of back-to-back streamed requests 65 ms with it, 55 ms with 20 ms),
+  on the core the gateway and the broker serve requests from.
 - **End offsets.** Tansu reports a partition's end offset as the base offset of its last
   record batch plus one, not past the batch's last record. Faust recovers a table by
   reading its changelog up to that end, so a restarted worker would silently miss every
@@ -30,7 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import aiokafka
@@ -72,12 +78,42 @@ async def true_ends(bootstrap: list[str], ends: Mapping[TP, int]) -> dict[TP, in
     return out
 
 
+class _Pace:
+    """The consumer's fetch wait: short while records of the app's busy topics come in,
+    long once none has for a while."""
+
+    def __init__(self, app: App, fetcher: Callable[[], Any] = lambda: None) -> None:
+        self.fast = app.fetch_wait_ms
+        self.slow = max(self.fast, app.idle_fetch_wait_ms or self.fast)
+        self.topics = app.busy_topics
+        self.busy_for_s = app.busy_for_s
+        self.wait = self.slow
+        self._fetcher = fetcher
+        self._last = 0.0
+
+    def seen(self, topic: str) -> None:
+        if topic in self.topics:
+            self._last = time.monotonic()
+            self._set(self.fast)
+
+    def tick(self) -> None:
+        if self.wait != self.slow and time.monotonic() - self._last > self.busy_for_s:
+            self._set(self.slow)
+
+    def _set(self, wait: int) -> None:
+        fetcher = self._fetcher()
+        if wait != self.wait and fetcher is not None:
+            self.wait = wait
+            # The fetcher runs in the consumer's thread; it reads the wait per fetch.
+            tansu.set_fetch_wait(fetcher, wait)
+
+
 class _ConsumerThread(driver.AIOKafkaConsumerThread):  # type: ignore[misc]
     _bootstrap: list[str]
 
     def _create_worker_consumer(self, transport: Any) -> Any:
         consumer = super()._create_worker_consumer(transport)
-        consumer._fetch_max_wait_ms = getattr(self.app, "fetch_wait_ms", 1500)
+        consumer._fetch_max_wait_ms = _Pace(self.app).wait
         self._bootstrap = driver.server_list(transport.url, transport.default_port)
         return consumer
 
@@ -118,10 +154,13 @@ class _Consumer(driver.Consumer):  # type: ignore[misc]
         flow = self.app.flow_control
         app = self.app
         since_yield = 0
+        pace = _Pace(app, lambda: getattr(getattr(self._thread, "_consumer", None),
+                                          "_fetcher", None))
 
         async def deliver(messages: Any) -> None:
             nonlocal since_yield
             async for tp, message in messages:
+                pace.seen(tp.topic)
                 since_yield += 1
                 if since_yield > 100:  # let the agents run
                     await asyncio.sleep(0)
@@ -148,6 +187,7 @@ class _Consumer(driver.Consumer):  # type: ignore[misc]
             while not (consumer_should_stop() or fetcher_should_stop()):
                 self.diag.set_flag(CONSUMER_FETCHING)
                 messages = getmany(timeout=1.0)
+                pace.tick()
                 await self.sleep(0)  # getmany may return at once, again and again
                 if not self.should_stop:
                     await self.wait_first(deliver(messages), self.suspend_flow.wait())
@@ -216,6 +256,9 @@ class App(faust.App):  # type: ignore[misc]
     """A Faust app on the transport above."""
 
     fetch_wait_ms = 1500
+    idle_fetch_wait_ms: int | None = None
+    busy_topics: frozenset[str] = frozenset()
+    busy_for_s = 1.0
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
