@@ -101,11 +101,11 @@ class _Pace:
             self._set(self.slow)
 
     def _set(self, wait: int) -> None:
-        fetcher = self._fetcher()
-        if wait != self.wait and fetcher is not None:
-            self.wait = wait
-            # The fetcher runs in the consumer's thread; it reads the wait per fetch.
-            tansu.set_fetch_wait(fetcher, wait)
+        if wait == self.wait or (fetcher := self._fetcher()) is None:
+            return
+        self.wait = wait
+        # The fetcher runs in the consumer's thread; it reads the wait per fetch.
+        tansu.set_fetch_wait(fetcher, wait)
 
 
 class _ConsumerThread(driver.AIOKafkaConsumerThread):  # type: ignore[misc]
