@@ -21,6 +21,7 @@ import statistics
 import tempfile
 import time
 from datetime import UTC, datetime
+from typing import Any
 
 from aiokafka import TopicPartition
 
@@ -106,12 +107,16 @@ async def _broker_trips(bootstrap: str, n: int, fetch_wait_ms: int, relayed: boo
     consumer with a producer of its own, as the limiter does, but without its work."""
     ping, pong = topics.TopicSpec("sluice.bench.ping", 1), topics.TopicSpec("sluice.bench.pong", 1)
     await topics.ensure(bootstrap, [ping, pong])
-    producer, replier = bus.producer(bootstrap), bus.producer(bootstrap)
-    relay, back = bus.reader(bootstrap, fetch_wait_ms), bus.reader(bootstrap, fetch_wait_ms)
-    clients = (producer, replier, relay, back) if relayed else (producer, relay)
+    producer, relay = bus.producer(bootstrap), bus.reader(bootstrap, fetch_wait_ms)
+    clients: list[Any] = [producer, relay]
+    readers = [(relay, ping)]
+    if relayed:
+        replier, back = bus.producer(bootstrap), bus.reader(bootstrap, fetch_wait_ms)
+        clients += [replier, back]
+        readers.append((back, pong))
     for client in clients:
         await client.start()
-    for consumer, spec in ((relay, ping), (back, pong))[:len(clients) // 2]:
+    for consumer, spec in readers:
         tp = TopicPartition(spec.name, 0)
         consumer.assign([tp])
         await consumer.seek_to_end(tp)
