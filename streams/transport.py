@@ -113,7 +113,7 @@ class _ConsumerThread(driver.AIOKafkaConsumerThread):  # type: ignore[misc]
 
     def _create_worker_consumer(self, transport: Any) -> Any:
         consumer = super()._create_worker_consumer(transport)
-        consumer._fetch_max_wait_ms = _Pace(self.app).wait
+        consumer._fetch_max_wait_ms = self.consumer.pace.wait
         self._bootstrap = driver.server_list(transport.url, transport.default_port)
         return consumer
 
@@ -125,7 +125,12 @@ class _ConsumerThread(driver.AIOKafkaConsumerThread):  # type: ignore[misc]
 
 
 class _Consumer(driver.Consumer):  # type: ignore[misc]
+    pace: _Pace
+
     def _new_consumer_thread(self) -> _ConsumerThread:
+        # Made first thing in Faust's __init__: the thread's consumer starts at this wait.
+        self.pace = _Pace(self.app, lambda: getattr(getattr(self._thread, "_consumer", None),
+                                                    "_fetcher", None))
         return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
 
     async def _drain_messages(self, fetcher: Any) -> None:
@@ -154,8 +159,7 @@ class _Consumer(driver.Consumer):  # type: ignore[misc]
         flow = self.app.flow_control
         app = self.app
         since_yield = 0
-        pace = _Pace(app, lambda: getattr(getattr(self._thread, "_consumer", None),
-                                          "_fetcher", None))
+        pace = self.pace
 
         async def deliver(messages: Any) -> None:
             nonlocal since_yield
