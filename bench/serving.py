@@ -131,9 +131,9 @@ def render(results: dict[str, list[dict[int, dict]]], dtype: str, max_tokens: in
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--max-tokens", type=int, default=64)
-    p.add_argument("--requests-c1", type=int, default=16)
+    p.add_argument("--requests-c1", type=int, default=48)
     p.add_argument("--requests-c16", type=int, default=64)
     a = p.parse_args()
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 from collections.abc import AsyncIterator
 
 import httpx
@@ -82,12 +83,15 @@ def create_app(settings: Settings | None = None) -> Starlette:
         # Serve only with complete views: a key created before this start must work.
         await asyncio.wait_for(asyncio.gather(*(v.caught_up.wait()
                                                 for v in (keys, experiments, prices))), 60)
+        gc.collect()
+        gc.freeze()  # what start-up made lives as long as the process; collections skip it
         try:
             yield
         finally:
             for task in loops:
                 task.cancel()
             await asyncio.gather(*loops, return_exceptions=True)
+            leases.close()
             await outcomes.drain()
             for follower in followers:
                 await follower.stop()

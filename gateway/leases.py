@@ -6,8 +6,9 @@ When the lease runs short, expires or was never fetched, the gateway asks the li
 for another (one Kafka round trip; concurrent requests for the key share it). The lease
 it asks for grows with the key's recent rate here, so a quiet key takes one request at a
 time (exact) and a hot one takes enough to last the lease's life (fast). A key in use
-gets its next lease fetched in the background as soon as the last request of the
-current one is admitted, so its requests seldom wait for the round trip at all.
+gets its next lease fetched in the background, so its requests seldom wait for the round
+trip at all: as soon as the current one runs short, and as soon as it expires (at the
+end of its time to live or of the minute) while requests still come in.
 
 Whatever a lease had left when it is replaced goes back with the next request; slots
 come back when requests end, and idle ones are handed back by a periodic sweep.
@@ -46,6 +47,7 @@ class Lease:
     last_admit: float = 0.0
     last_renewal: float = 0.0
     fetching: asyncio.Future[None] | None = field(default=None, repr=False)
+    renewal: asyncio.TimerHandle | None = field(default=None, repr=False)
 
     def usable(self, now: float, tokens: int) -> bool:
         return (now < self.expires_at and self.requests >= 1 and self.tokens >= tokens
@@ -54,6 +56,11 @@ class Lease:
     def runs_short(self, tokens: int) -> bool:
         """Whether another request of `tokens` would find this lease spent."""
         return self.requests < 1 or self.tokens < tokens
+
+    def in_use_lately(self, now: float) -> bool:
+        """Whether the key's requests still come in: the last one came within about two
+        gaps of its recent rate."""
+        return self.rate > 0 and now - self.last_admit <= RENEW_WITHIN_GAPS / self.rate
 
 
 def _duration(seconds: float) -> str:
@@ -83,6 +90,9 @@ def headers(lease: Lease | None, now: float) -> dict[str, str]:
 # Prefetch a key's next lease when it is expected to see this many requests within a
 # lease's life: 0.5 means roughly one request per two lease lifetimes or more often.
 PREFETCH_AT = 0.5
+# An expiring lease is renewed in the background if the key's last request came within
+# this many gaps (at its recent rate) of the expiry.
+RENEW_WITHIN_GAPS = 2.0
 
 
 class Admitted:
@@ -139,12 +149,15 @@ class LeaseBook:
                 lease.last_admit = now
                 admitted = Admitted(self, principal.key_id, tokens, lease.granted_at,
                                     headers(lease, now))
-                if lease.runs_short(tokens) and lease.rate * self._lease_ttl >= PREFETCH_AT:
+                if lease.runs_short(tokens) and self._busy(lease):
                     self._prefetch(principal, lease, tokens)
                 return admitted
             if lease.denied_until > now and lease.denial is not None:
                 raise _rejection(lease.denial, lease, now)
             await self._refill(principal, lease, tokens, waited=True)
+
+    def _busy(self, lease: Lease) -> bool:
+        return lease.rate * self._lease_ttl >= PREFETCH_AT
 
     def _prefetch(self, principal: Principal, lease: Lease, tokens: int) -> None:
         """Fetch the next lease now, in the background, so that the key's next request
@@ -156,6 +169,33 @@ class LeaseBook:
             self._refill(principal, lease, tokens, waited=False))
         self._background.add(task)
         task.add_done_callback(self._prefetched)
+
+    def _renew_when_expired(self, principal: Principal, lease: Lease, tokens: int) -> None:
+        """At the lease's expiry, fetch the next one if the key is still in use: otherwise
+        its next request would find it expired and wait for the round trip."""
+        if lease.renewal is not None:
+            lease.renewal.cancel()
+        loop = asyncio.get_running_loop()
+        delay = max(0.0, lease.expires_at - time.time())
+        lease.renewal = loop.call_at(loop.time() + delay, self._renew, principal, lease, tokens)
+
+    def _renew(self, principal: Principal, lease: Lease, tokens: int) -> None:
+        lease.renewal = None
+        if self.leases.get(principal.key_id) is not lease or lease.fetching is not None:
+            return
+        if time.time() < lease.expires_at:  # the two clocks drifted; not yet
+            self._renew_when_expired(principal, lease, tokens)
+        elif self._busy(lease) and lease.in_use_lately(time.time()):
+            self._prefetch(principal, lease, tokens)
+
+    def close(self) -> None:
+        """Stop renewing and fetching in the background."""
+        for lease in self.leases.values():
+            if lease.renewal is not None:
+                lease.renewal.cancel()
+                lease.renewal = None
+        for task in self._background:
+            task.cancel()
 
     def _prefetched(self, task: asyncio.Task[None]) -> None:
         self._background.discard(task)
@@ -217,6 +257,8 @@ class LeaseBook:
         lease.granted_at, lease.expires_at = grant.granted_at, grant.expires_at
         lease.last_renewal = grant.granted_at
         lease.denial, lease.denied_until = None, 0.0
+        if lease.requests or lease.tokens:
+            self._renew_when_expired(principal, lease, tokens)
 
     async def _round_trip(self, req: LeaseRequested) -> LeaseGranted:
         pending = self._replies.open(req.event_id)
@@ -266,6 +308,8 @@ class LeaseBook:
                 if stale:
                     lease.requests = lease.tokens = 0
             if lease.slots == 0 and lease.in_use == 0 and idle and not lease.requests:
+                if lease.renewal is not None:
+                    lease.renewal.cancel()
                 del self.leases[key_id]
 
 

@@ -22,6 +22,11 @@ async def serve(settings: Settings) -> None:
     # this process stay off them (measured: +8 ms TTFT and -6% throughput otherwise).
     if settings.pin_frontend and (free := engine.reserved_cpus()):
         os.sched_setaffinity(0, free)
+    # What is loaded by now lives as long as the process: keep the collector off it, as
+    # vLLM's own server does (a full collection here took 270-430 ms, all streams held).
+    from vllm.utils.gc_utils import freeze_gc_heap
+
+    freeze_gc_heap()
     try:
         if stop.is_set():
             return

@@ -138,6 +138,26 @@ def test_a_busy_key_whose_requests_grow_keeps_a_lease_in_hand(
     assert _lease_round_trips(gateway, "ahead") > ahead
 
 
+def test_a_key_in_use_has_its_expiring_lease_renewed_before_its_next_request(
+        gateway: Gateway, client: object) -> None:
+    """A key sending a request a second holds a lease sized for a faster start, so it
+    expires (10 s to live, or at the minute) with requests left. It is renewed at expiry,
+    in the background: no later request waits for the limiter (without the renewal, the
+    first request after each expiry did)."""
+    key = create_key(gateway, _tenant(), tier="pro")
+    with httpx.Client(base_url=gateway.base_url, timeout=120,
+                      headers={"Authorization": f"Bearer {key['secret']}"}) as http:
+        for _ in range(4):  # a quick start: the lease grows to last its life at this rate
+            assert http.post("/chat/completions", json=_body(1)).status_code == 200
+        ahead, waited = (_lease_round_trips(gateway, w) for w in ("ahead", "waited"))
+        end = time.monotonic() + 13
+        while (start := time.monotonic()) < end:
+            assert http.post("/chat/completions", json=_body(1)).status_code == 200
+            time.sleep(max(0.0, 1.0 - (time.monotonic() - start)))
+    assert _lease_round_trips(gateway, "waited") == waited
+    assert _lease_round_trips(gateway, "ahead") > ahead
+
+
 def test_headers_and_rate_limit_status(gateway: Gateway, client: object) -> None:
     key = create_key(gateway, _tenant(), tier="basic")
     auth = {"Authorization": f"Bearer {key['secret']}"}
