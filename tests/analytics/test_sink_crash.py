@@ -93,11 +93,17 @@ def test_sigkill_mid_batch_loses_nothing_and_duplicates_nothing(
         return all(got >= wanted for name, sql in queries.items()
                    for got, wanted in zip(proc.sql(sql)[0], want[name], strict=True))
 
+    def stored() -> dict[str, tuple[int, ...]]:
+        return {name: tuple(proc.sql(sql)[0]) for name, sql in queries.items()}
+
     try:
-        wait_until(landed, 120, "every event to land", proc)  # type: ignore[arg-type]
+        try:
+            wait_until(landed, 120, "every event to land", proc)  # type: ignore[arg-type]
+        except AssertionError as exc:  # say what is missing, and where it was killed
+            raise AssertionError(f"{exc}; killed at {killed_at}; stored {stored()}, "
+                                 f"want {want}") from None
         time.sleep(1.5)  # longer than a batch: nothing more may arrive
-        got = {name: tuple(proc.sql(sql)[0]) for name, sql in queries.items()}
-        assert got == want
+        assert stored() == want
         assert replayed >= 1, f"killed at {killed_at}, but no batch was left in doubt"
     finally:
         # SIGTERM: the sink lands and commits what it holds, and the process exits cleanly.
