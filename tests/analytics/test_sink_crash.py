@@ -98,7 +98,7 @@ def test_sigkill_mid_batch_loses_nothing_and_duplicates_nothing(
 
     try:
         try:
-            wait_until(landed, 120, "every event to land", proc)  # type: ignore[arg-type]
+            wait_until(landed, 240, "every event to land", proc)  # type: ignore[arg-type]
         except AssertionError as exc:  # say what is missing, and where it was killed
             raise AssertionError(f"{exc}; killed at {killed_at}; stored {stored()}, "
                                  f"want {want}") from None
