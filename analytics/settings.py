@@ -36,7 +36,7 @@ class Settings(BaseSettings):
         default=True, description="Run the sink in this process; API-only replicas of a "
         "ClickHouse server deployment turn it off.",
     )
-    # Tansu answers a fetch only when its wait expires; 50 ms keeps freshness far under
+    # Tansu does not answer a waiting fetch when data arrives; 50 ms keeps freshness far under
     # the 2 s target without spinning on an idle topic.
     analytics_fetch_wait_ms: int = 50
     session_timeout_ms: int = 10_000

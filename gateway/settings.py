@@ -17,7 +17,8 @@ class Settings(BaseSettings):
     gateway_id: str | None = Field(default=None, description="Names this gateway's reply topic.")
 
     kafka_bootstrap: str = "127.0.0.1:9092"
-    # Tansu answers a fetch only when its wait expires, so replies are polled at this
+    # Tansu does not answer a waiting fetch when data arrives (it looks at the start of
+    # the wait and at halvings of what is left), so replies are polled at about this
     # interval; with Apache Kafka a larger wait costs no latency.
     kafka_fetch_wait_ms: int = 3
     inference_partitions: int = 8

@@ -21,8 +21,9 @@ class Settings(BaseSettings):
 
     home: Path = Field(default_factory=default_home)
     kafka_bootstrap: str = "127.0.0.1:9092"
-    # Tansu answers a fetch only when its wait expires, so the request topic is polled
-    # at this interval; with Apache Kafka a larger wait costs no latency.
+    # Tansu does not answer a waiting fetch when data arrives (it looks at the start of
+    # the wait and at halvings of what is left), so the request topic is polled at about
+    # this interval; with Apache Kafka a larger wait costs no latency.
     kafka_fetch_wait_ms: int = 3
     session_timeout_ms: int = 10_000
     heartbeat_interval_ms: int = 1_000

@@ -14,7 +14,8 @@ class Settings(BaseSettings):
     home: Path = Field(default_factory=lambda: Path.home() / ".cache" / "sluice")
     kafka_bootstrap: str = "127.0.0.1:9092"
     streams_id: str = "sluice-streams"
-    # Faust waits 1.5 s per fetch by default; Tansu answers only when the wait ends. The
+    # Faust waits 1.5 s per fetch by default; Tansu does not answer a waiting fetch when
+    # data arrives, only at the start of the wait and at halvings of what is left. The
     # short wait holds while lease requests come in (and for `streams_busy_s` after the
     # last); otherwise the app polls with the long one (see `streams.transport`).
     streams_fetch_wait_ms: int = 3
