@@ -13,6 +13,7 @@ import time
 
 import httpx
 
+from schemas import topics
 from tests.analytics.harness import AnalyticsProc, ClickHouse, analytics_env, caller, unique
 from tests.analytics.traffic import expected, produce, store_queries, traffic, with_duplicates
 from tests.conftest import free_port, wait_until
@@ -59,9 +60,13 @@ def test_sigkill_mid_batch_loses_nothing_and_duplicates_nothing(
     name = unique("crash")
     keys = tuple(f"key-{i}" for i in range(16))  # over every partition
     # Recent enough for a restarted sink to remember every id: the session's streams app
-    # prices these usage events too, and its ledger entries (same ids) must be dropped.
+    # prices these usage events too (at its own price), and its ledger entries (same ids,
+    # same partitions) must be dropped as repeats. So the test's own ledger entries go
+    # first, acked before any usage event exists: the sink reads them before the copies.
     t = traffic(unique("crash"), 20_000, start=time.time() - 300, spacing_s=0.01, keys=keys)
-    asyncio.run(produce(bootstrap, with_duplicates(t.events, every=50)))
+    events = with_duplicates(t.events, every=50)
+    asyncio.run(produce(bootstrap, [e for e in events if e[0] == topics.LEDGER]))
+    asyncio.run(produce(bootstrap, [e for e in events if e[0] != topics.LEDGER]))
     env = analytics_env(clickhouse, name, bootstrap, batch_max_events="6000",
                         batch_max_wait_s="0.5")
     port = free_port()
