@@ -150,7 +150,8 @@ async def run(bootstrap: str, fetches: int, cycles: int, idle: int) -> dict[str,
     await topics.ensure(bootstrap)  # the reply topics are the router's own
     producer = bus.producer(bootstrap)
     replies = ReplyRouter(bus.reader(bootstrap, settings.kafka_fetch_wait_ms), bootstrap,
-                          GATEWAY_ID, rotate_after=settings.reply_rotate_records)
+                          GATEWAY_ID, rotate_after=settings.reply_rotate_records,
+                          busy_wait_ms=settings.reply_busy_fetch_wait_ms)
     await producer.start()
     await replies.start()
     router = asyncio.create_task(replies.run())
@@ -220,7 +221,10 @@ def render(r: dict[str, object]) -> str:
         "hop costs up to about that wait even when idle (the last two rows: two hops with "
         "nothing in between already take "
         f"{percentile(r['broker_round_trip'], 0.99):.2f} ms at p99); "  # type: ignore[arg-type]
-        "Apache Kafka answers as soon as data arrives. The limiter polls with that short wait "
+        "Apache Kafka answers as soon as data arrives. While it waits for a grant the "
+        "gateway polls its reply topic with a 1 ms wait (`SLUICE_REPLY_BUSY_FETCH_WAIT_MS`; "
+        "its reply topics rotate every 250 replies, so that reading them fits in it). "
+        "The limiter polls with the 3 ms wait "
         "only while lease requests come in; after a second without any it polls every "
         "`SLUICE_STREAMS_IDLE_FETCH_WAIT_MS` (20 ms), which saves a third of a core but makes "
         "the first fetch after a quiet spell slower (the row above; on Apache Kafka the "

@@ -45,7 +45,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
         producer = bus.producer(bootstrap)
         await producer.start()
         replies = ReplyRouter(bus.reader(bootstrap, settings.kafka_fetch_wait_ms), bootstrap,
-                              gateway_id, rotate_after=settings.reply_rotate_records)
+                              gateway_id, rotate_after=settings.reply_rotate_records,
+                              busy_wait_ms=settings.reply_busy_fetch_wait_ms)
         registry = WorkerRegistry(bus.reader(bootstrap, 100), settings.models)
         keys = KeyStore(bus.reader(bootstrap, 50), settings.admin_key)
         experiments = ExperimentBook(bus.reader(bootstrap, 50))

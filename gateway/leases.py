@@ -261,7 +261,7 @@ class LeaseBook:
             self._renew_when_expired(principal, lease, tokens)
 
     async def _round_trip(self, req: LeaseRequested) -> LeaseGranted:
-        pending = self._replies.open(req.event_id)
+        pending = self._replies.open(req.event_id, urgent=True)
         req = pending.readdress(req)
         try:
             await self._producer.send(topics.LEASES, req.encode(), key=req.key_id.encode())

@@ -19,7 +19,7 @@ from typing import TypeVar
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from pydantic import ValidationError
 
-from schemas import topics
+from schemas import tansu, topics
 from schemas.events import (
     AnyEvent,
     ChoiceDelta,
@@ -78,11 +78,26 @@ class ReplyRouter:
     a fresh reply topic; new requests name it, and the old one is read until its last
     request has ended, then deleted. 0 never rotates, the setting for Apache Kafka.
     (Its other habit, holes in the offsets, is `schemas.tansu`.)
+
+    The same broker looks for data only at the start and the end of a fetch's wait, so a
+    reply waits up to about that long. With `busy_wait_ms` the router fetches with that
+    shorter wait while a lease grant is awaited (and for `busy_for_s` after the last
+    lease request), and with the consumer's own wait otherwise. A lease fetch is nothing
+    but its two hops, so it gains the most; for streamed answers the faster polling did
+    not lower time to first token (measured), and it costs some 4% of a core while on.
+    A short wait needs a short partition (reading must fit in it), which rotation keeps.
     """
 
     def __init__(self, consumer: AIOKafkaConsumer, bootstrap: str, gateway_id: str, *,
-                 rotate_after: int = 0, grace_s: float = 5.0) -> None:
+                 rotate_after: int = 0, grace_s: float = 5.0, busy_wait_ms: int | None = None,
+                 busy_for_s: float = 1.0) -> None:
         self._consumer = consumer
+        self._idle_wait_ms = consumer._fetch_max_wait_ms
+        self._busy_wait_ms = busy_wait_ms
+        self._busy_for_s = busy_for_s
+        self._busy = False
+        self._urgent: set[bytes] = set()  # the awaited replies that set the pace
+        self._last_urgent = 0.0
         self._bootstrap = bootstrap
         self._gateway_id = gateway_id
         self._rotate_after = rotate_after
@@ -117,16 +132,30 @@ class ReplyRouter:
             self._consumer.seek(tp, offset)
         self._next = dict(positions)
 
-    def open(self, request_id: str) -> Pending:
+    def open(self, request_id: str, *, urgent: bool = False) -> Pending:
+        """Wait for replies to `request_id`; `urgent` ones are polled for fast."""
+        if urgent:
+            self._urgent.add(request_id.encode())
+            self._last_urgent = time.monotonic()
+            if not self._busy:
+                self._pace(busy=True)
         pending = Pending(self.topic)
         self._waiting[request_id.encode()] = pending
         self._open[pending.topic] += 1
         return pending
 
     def close(self, request_id: str) -> None:
+        self._urgent.discard(request_id.encode())
         pending = self._waiting.pop(request_id.encode(), None)
         if pending is not None:
             self._open[pending.topic] -= 1
+
+    def _pace(self, *, busy: bool) -> None:
+        """Fetch with the short wait (`busy`) or the consumer's own, from the next fetch."""
+        self._busy = busy
+        if self._busy_wait_ms is not None and self._consumer._fetcher is not None:
+            tansu.set_fetch_wait(self._consumer._fetcher,
+                                 self._busy_wait_ms if busy else self._idle_wait_ms)
 
     @property
     def waiting(self) -> int:
@@ -172,6 +201,8 @@ class ReplyRouter:
             log.info("replies now on %s (%s had %d)", tp.topic, self.topic, filled)
             self.topic = tp.topic
         now = time.monotonic()
+        if self._busy and not self._urgent and now - self._last_urgent > self._busy_for_s:
+            self._pace(busy=False)
         done = [t for t, since in self._retired.items()
                 if self._open[t] <= 0 and now - since >= self._grace_s]
         if done:

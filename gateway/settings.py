@@ -21,10 +21,14 @@ class Settings(BaseSettings):
     # the wait and at halvings of what is left), so replies are polled at about this
     # interval; with Apache Kafka a larger wait costs no latency.
     kafka_fetch_wait_ms: int = 3
+    reply_busy_fetch_wait_ms: int = Field(
+        default=1, description="The reply reader's fetch wait while a lease grant is "
+        "awaited (and for a second after); `kafka_fetch_wait_ms` otherwise.")
     inference_partitions: int = 8
     reply_rotate_records: int = Field(
-        default=1000, description="Move to a fresh reply topic after this many replies, "
-        "because the embedded broker's fetches slow as a partition grows (0: never, the "
+        default=250, description="Move to a fresh reply topic after this many replies, "
+        "because the embedded broker's fetches slow as a partition grows (about 1 ms per "
+        "1,000 batches, and reading must fit in the 1 ms busy wait) (0: never, the "
         "setting for Apache Kafka).")
 
     models: Annotated[list[str], NoDecode] = Field(

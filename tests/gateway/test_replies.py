@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 
+import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from gateway import bus
@@ -24,11 +25,15 @@ REQUESTS = 40
 CHUNKS = 250  # 10,000 single-record batches in all
 
 
-async def test_every_reply_arrives_from_many_producers_across_topics(bootstrap: str) -> None:
+@pytest.mark.parametrize("urgent", [False, True], ids=["idle-wait", "busy-wait"])
+async def test_every_reply_arrives_from_many_producers_across_topics(
+        bootstrap: str, urgent: bool) -> None:
     gateway_id = f"replies-{uuid.uuid4().hex[:8]}"
     await topics.ensure(bootstrap, [topics.replies(gateway_id)], fixed=False)
-    router = ReplyRouter(bus.reader(bootstrap, Settings().kafka_fetch_wait_ms), bootstrap,
-                         gateway_id, rotate_after=1000, grace_s=0.2)
+    settings = Settings()  # the gateway's own waits and rotation
+    router = ReplyRouter(bus.reader(bootstrap, settings.kafka_fetch_wait_ms), bootstrap,
+                         gateway_id, rotate_after=settings.reply_rotate_records, grace_s=0.2,
+                         busy_wait_ms=settings.reply_busy_fetch_wait_ms)
     await router.start()
     loop = asyncio.create_task(router.run())
     producers = [AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=0)
@@ -51,7 +56,7 @@ async def test_every_reply_arrives_from_many_producers_across_topics(bootstrap: 
         results: list[list[int]] = []
         for wave in range(0, REQUESTS, 10):
             rids = [f"{gateway_id}-{i}" for i in range(wave, wave + 10)]
-            pendings = [router.open(rid) for rid in rids]
+            pendings = [router.open(rid, urgent=urgent) for rid in rids]
             chunks = [(p.topic, rid, seq) for seq in range(CHUNKS)
                       for rid, p in zip(rids, pendings, strict=True)]
             collected = asyncio.gather(*(collect(p) for p in pendings))
@@ -87,3 +92,37 @@ async def _topics(bootstrap: str) -> set[str]:
         return set(await consumer.topics())
     finally:
         await consumer.stop()
+
+
+async def test_the_router_fetches_with_the_short_wait_only_while_lease_grants_are_awaited(
+        bootstrap: str) -> None:
+    gateway_id = f"replies-{uuid.uuid4().hex[:8]}"
+    router = ReplyRouter(bus.reader(bootstrap, 20), bootstrap, gateway_id, busy_wait_ms=1,
+                         busy_for_s=0.3)
+    await router.start()
+    loop = asyncio.create_task(router.run())
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=0)
+    await producer.start()
+    fetcher = router._consumer._fetcher
+    try:
+        assert fetcher._fetch_max_wait_ms == 20  # idle
+        router.open("stream")  # a streamed answer's chunks: the pace stays
+        assert fetcher._fetch_max_wait_ms == 20
+        pending = router.open("r1", urgent=True)  # a lease grant
+        assert fetcher._fetch_max_wait_ms == 1
+        chunk = TokenChunk(request_id="r1", worker_id="w", attempt="a", seq=0, final=True)
+        await producer.send_and_wait(pending.topic, chunk.encode(), key=b"r1")
+        assert (await pending.get(timeout=10)).final
+        router.close("r1")
+        await asyncio.sleep(0.1)
+        assert fetcher._fetch_max_wait_ms == 1  # still busy: a request just ended
+        for _ in range(50):  # the router looks between reads (at least once a second)
+            if fetcher._fetch_max_wait_ms == 20:
+                break
+            await asyncio.sleep(0.1)
+        assert fetcher._fetch_max_wait_ms == 20, "the router kept polling fast when idle"
+    finally:
+        loop.cancel()
+        await asyncio.gather(loop, return_exceptions=True)
+        await producer.stop()
+        await router.stop()
