@@ -79,13 +79,14 @@ class ReplyRouter:
     request has ended, then deleted. 0 never rotates, the setting for Apache Kafka.
     (Its other habit, holes in the offsets, is `schemas.tansu`.)
 
-    The same broker looks for data only at the start and the end of a fetch's wait, so a
-    reply waits up to about that long. With `busy_wait_ms` the router fetches with that
-    shorter wait while a lease grant is awaited (and for `busy_for_s` after the last
-    lease request), and with the consumer's own wait otherwise. A lease fetch is nothing
-    but its two hops, so it gains the most; for streamed answers the faster polling did
-    not lower time to first token (measured), and it costs some 4% of a core while on.
-    A short wait needs a short partition (reading must fit in it), which rotation keeps.
+    The same broker looks for data only at the start of a fetch's wait and at halvings
+    of what is left (not at its end), so a reply waits up to about that long. With
+    `busy_wait_ms` the router fetches with that shorter wait while a lease grant is
+    awaited (and for `busy_for_s` after the last lease request), and with the consumer's
+    own wait otherwise. A lease fetch is nothing but its two hops, so it gains the most;
+    for streamed answers the faster polling did not lower time to first token
+    (measured), and it costs some 4% of a core while on. A short wait needs a short
+    partition (reading must fit in it), which rotation keeps.
     """
 
     def __init__(self, consumer: AIOKafkaConsumer, bootstrap: str, gateway_id: str, *,
@@ -152,10 +153,11 @@ class ReplyRouter:
 
     def _pace(self, *, busy: bool) -> None:
         """Fetch with the short wait (`busy`) or the consumer's own, from the next fetch."""
+        fetcher = self._consumer._fetcher  # None until the consumer has started
+        if self._busy_wait_ms is None or fetcher is None:
+            return
         self._busy = busy
-        if self._busy_wait_ms is not None and self._consumer._fetcher is not None:
-            tansu.set_fetch_wait(self._consumer._fetcher,
-                                 self._busy_wait_ms if busy else self._idle_wait_ms)
+        tansu.set_fetch_wait(fetcher, self._busy_wait_ms if busy else self._idle_wait_ms)
 
     @property
     def waiting(self) -> int:
