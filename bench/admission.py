@@ -224,7 +224,7 @@ def render(r: dict[str, object]) -> str:
         "Apache Kafka answers as soon as data arrives. While it waits for a grant the "
         "gateway polls its reply topic with a 1 ms wait (`SLUICE_REPLY_BUSY_FETCH_WAIT_MS`; "
         "its reply topics rotate every 250 replies, so that reading them fits in it). "
-        "The limiter polls with a 2 ms wait (`SLUICE_STREAMS_FETCH_WAIT_MS`) "
+        "The limiter polls with a 3 ms wait (`SLUICE_STREAMS_FETCH_WAIT_MS`) "
         "only while lease requests come in; after a second without any it polls every "
         "`SLUICE_STREAMS_IDLE_FETCH_WAIT_MS` (20 ms), which saves a third of a core but makes "
         "the first fetch after a quiet spell slower (the row above; on Apache Kafka the "

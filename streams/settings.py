@@ -17,11 +17,10 @@ class Settings(BaseSettings):
     # Faust waits 1.5 s per fetch by default; Tansu does not answer a waiting fetch when
     # data arrives, only at the start of the wait and at halvings of what is left. The
     # short wait holds while lease requests come in (and for `streams_busy_s` after the
-    # last); otherwise the app polls with the long one (see `streams.transport`). Its
-    # last look comes well before the wait ends (at 3 ms: at 0, ~2 and ~2.3 ms, answered
-    # at ~3.7), so 2 ms leaves a record less time unseen; lease fetch p99 was 0.4-1 ms
-    # lower than with 3 in three interleaved runs.
-    streams_fetch_wait_ms: int = 2
+    # last); otherwise the app polls with the long one (see `streams.transport`). 2 ms
+    # put lease fetch p99 0.4-1 ms lower, but the polling added ~4 ms to streamed answers'
+    # TTFT at concurrency 1 (docs/benchmarks.md), so 3.
+    streams_fetch_wait_ms: int = 3
     streams_idle_fetch_wait_ms: int = 20
     streams_busy_s: float = 1.0
     streams_host: str = "127.0.0.1"
