@@ -129,6 +129,7 @@ class LeaseBook:
         self._round_trips = round_trips
         self.leases: dict[str, Lease] = {}
         self._background: set[asyncio.Task[None]] = set()
+        self._closed = False
 
     def lease(self, key_id: str) -> Lease | None:
         return self.leases.get(key_id)
@@ -181,7 +182,21 @@ class LeaseBook:
 
     def _renew(self, principal: Principal, lease: Lease, tokens: int) -> None:
         lease.renewal = None
-        if self.leases.get(principal.key_id) is not lease or lease.fetching is not None:
+        self._renew_now(principal, lease, tokens)
+
+    def _renew_now(self, principal: Principal, lease: Lease, tokens: int) -> None:
+        if self._closed or self.leases.get(principal.key_id) is not lease:
+            return
+        if lease.fetching is not None:
+            # Another round trip is out: a top-up (its grant arms the next renewal) or the
+            # sweep keeping slots alive (it does not move the expiry). Look again when it
+            # is back, or the lease would expire unrenewed and the key's next request
+            # wait for the limiter.
+            def again(_: object) -> None:
+                if lease.renewal is None:  # a top-up's grant has armed one already
+                    self._renew_now(principal, lease, tokens)
+
+            lease.fetching.add_done_callback(again)
             return
         if time.time() < lease.expires_at:  # the two clocks drifted; not yet
             self._renew_when_expired(principal, lease, tokens)
@@ -190,6 +205,7 @@ class LeaseBook:
 
     def close(self) -> None:
         """Stop renewing and fetching in the background."""
+        self._closed = True
         for lease in self.leases.values():
             if lease.renewal is not None:
                 lease.renewal.cancel()
