@@ -193,7 +193,7 @@ class LeaseBook:
             # is back, or the lease would expire unrenewed and the key's next request
             # wait for the limiter.
             def again(_: object) -> None:
-                if lease.renewal is None:  # a top-up's grant has armed one already
+                if lease.renewal is None:  # unless a top-up's grant has armed one
                     self._renew_now(principal, lease, tokens)
 
             lease.fetching.add_done_callback(again)
