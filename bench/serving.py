@@ -125,8 +125,8 @@ def render(results: dict[str, list[dict[int, dict]]], dtype: str, max_tokens: in
                  / _median(results["vllm"], concurrency, "output_tokens_per_s"))
         lines.append(f"| {concurrency} | {added:+.1f} ms | {ratio:.3f}x |")
     if rounds > 1:
+        key = "ttft_p50_ms"
         for concurrency, _ in loads:
-            key = "ttft_p50_ms"
             added = ", ".join(f"{s[concurrency][key] - v[concurrency][key]:+.1f}"
                               for v, s in zip(results["vllm"], results["sluice"], strict=True))
             lines += ["", f"TTFT p50 added at concurrency {concurrency}, round by round: "

@@ -93,12 +93,9 @@ class ReplyRouter:
                  rotate_after: int = 0, grace_s: float = 5.0, busy_wait_ms: int | None = None,
                  busy_for_s: float = 1.0) -> None:
         self._consumer = consumer
-        self._idle_wait_ms = consumer._fetch_max_wait_ms
-        self._busy_wait_ms = busy_wait_ms
-        self._busy_for_s = busy_for_s
-        self._busy = False
+        self._pace = None if busy_wait_ms is None else tansu.Pace(
+            busy_wait_ms, consumer._fetch_max_wait_ms, busy_for_s, lambda: consumer._fetcher)
         self._urgent: set[bytes] = set()  # the awaited replies that set the pace
-        self._last_urgent = 0.0
         self._bootstrap = bootstrap
         self._gateway_id = gateway_id
         self._rotate_after = rotate_after
@@ -135,11 +132,9 @@ class ReplyRouter:
 
     def open(self, request_id: str, *, urgent: bool = False) -> Pending:
         """Wait for replies to `request_id`; `urgent` ones are polled for fast."""
-        if urgent:
+        if urgent and self._pace is not None:
             self._urgent.add(request_id.encode())
-            self._last_urgent = time.monotonic()
-            if not self._busy:
-                self._pace(busy=True)
+            self._pace.busy()
         pending = Pending(self.topic)
         self._waiting[request_id.encode()] = pending
         self._open[pending.topic] += 1
@@ -150,14 +145,6 @@ class ReplyRouter:
         pending = self._waiting.pop(request_id.encode(), None)
         if pending is not None:
             self._open[pending.topic] -= 1
-
-    def _pace(self, *, busy: bool) -> None:
-        """Fetch with the short wait (`busy`) or the consumer's own, from the next fetch."""
-        fetcher = self._consumer._fetcher  # None until the consumer has started
-        if self._busy_wait_ms is None or fetcher is None:
-            return
-        self._busy = busy
-        tansu.set_fetch_wait(fetcher, self._busy_wait_ms if busy else self._idle_wait_ms)
 
     @property
     def waiting(self) -> int:
@@ -203,8 +190,8 @@ class ReplyRouter:
             log.info("replies now on %s (%s had %d)", tp.topic, self.topic, filled)
             self.topic = tp.topic
         now = time.monotonic()
-        if self._busy and not self._urgent and now - self._last_urgent > self._busy_for_s:
-            self._pace(busy=False)
+        if self._pace is not None and not self._urgent:
+            self._pace.tick()
         done = [t for t, since in self._retired.items()
                 if self._open[t] <= 0 and now - since >= self._grace_s]
         if done:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 from aiokafka import TopicPartition
@@ -129,6 +130,36 @@ def set_fetch_wait(fetcher: Any, wait_ms: int) -> None:
     raised = fetcher._fetch_max_wait_ms / base if base else 1.0
     fetcher._sluice_base_wait_ms = wait_ms
     fetcher._fetch_max_wait_ms = max(1, round(wait_ms * raised))
+
+
+class Pace:
+    """A running consumer's fetch wait: `fast` while its owner says it is busy (and for
+    `busy_for_s` after), `slow` otherwise; the short wait costs polling, so only when
+    someone waits on the records."""
+
+    def __init__(self, fast: int, slow: int, busy_for_s: float,
+                 fetcher: Callable[[], Any]) -> None:
+        self.fast = fast
+        self.slow = slow
+        self.busy_for_s = busy_for_s
+        self.wait = slow
+        self._fetcher = fetcher  # the consumer's fetcher, None until it has started
+        self._last = 0.0
+
+    def busy(self) -> None:
+        self._last = time.monotonic()
+        self._set(self.fast)
+
+    def tick(self) -> None:
+        """Back to the slow wait once nothing has been busy for `busy_for_s`."""
+        if self.wait != self.slow and time.monotonic() - self._last > self.busy_for_s:
+            self._set(self.slow)
+
+    def _set(self, wait: int) -> None:
+        if wait == self.wait or (fetcher := self._fetcher()) is None:
+            return
+        self.wait = wait
+        set_fetch_wait(fetcher, wait)
 
 
 def _starved(self: Any, assignment: Any, request: Any) -> bool:

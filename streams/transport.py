@@ -78,34 +78,19 @@ async def true_ends(bootstrap: list[str], ends: Mapping[TP, int]) -> dict[TP, in
     return out
 
 
-class _Pace:
+class _Pace(tansu.Pace):
     """The consumer's fetch wait: short while records of the app's busy topics come in,
     long once none has for a while."""
 
     def __init__(self, app: App, fetcher: Callable[[], Any] = lambda: None) -> None:
-        self.fast = app.fetch_wait_ms
-        self.slow = max(self.fast, app.idle_fetch_wait_ms or self.fast)
+        super().__init__(app.fetch_wait_ms, max(app.fetch_wait_ms,
+                                                app.idle_fetch_wait_ms or app.fetch_wait_ms),
+                         app.busy_for_s, fetcher)
         self.topics = app.busy_topics
-        self.busy_for_s = app.busy_for_s
-        self.wait = self.slow
-        self._fetcher = fetcher
-        self._last = 0.0
 
     def seen(self, topic: str) -> None:
         if topic in self.topics:
-            self._last = time.monotonic()
-            self._set(self.fast)
-
-    def tick(self) -> None:
-        if self.wait != self.slow and time.monotonic() - self._last > self.busy_for_s:
-            self._set(self.slow)
-
-    def _set(self, wait: int) -> None:
-        if wait == self.wait or (fetcher := self._fetcher()) is None:
-            return
-        self.wait = wait
-        # The fetcher runs in the consumer's thread; it reads the wait per fetch.
-        tansu.set_fetch_wait(fetcher, wait)
+            self.busy()
 
 
 class _ConsumerThread(driver.AIOKafkaConsumerThread):  # type: ignore[misc]
