@@ -10,6 +10,13 @@ settings), without an engine behind it:
    topic → gateway), one at a time over many keys, then 16 at once, then one at a time
    after the limiter has been idle (it then polls the broker with its long wait).
 
+One at a time means two ways, taken in turn: each request after a random pause of up to
+`GAP_MS` (requests of independent callers arrive at any moment), and each as soon as the
+last grant is in. The second phase-locks with the limiter's polling: its consumer asks
+the broker again the moment the last request reached it, so the next request lands just
+after the broker's first look and waits for a later one (Tansu looks at halvings of the
+wait, not when data arrives). It is reported, not judged against the target.
+
 Numbers go to docs/benchmarks.md. Run: `python -m bench.admission [--fetches N]`.
 """
 
@@ -17,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import random
 import statistics
 import tempfile
 import time
@@ -39,6 +47,7 @@ from schemas.tiers import Budgets, Limits
 TARGET_IN_HAND_P50_MS = 0.1
 TARGET_FETCH_P99_MS = 10.0
 GATEWAY_ID = "bench-admission"
+GAP_MS = 8.0  # a random pause before each request: over two of the limiter's fetch cycles
 IDLE_S = 2.5  # past the limiter's `SLUICE_STREAMS_BUSY_S` and its next poll
 LIMITS = Limits(requests_per_minute=10_000_000, requests_per_hour=10**9,
                 requests_per_day=10**9, tokens_per_minute=10**12, burst=10_000_000,
@@ -68,18 +77,21 @@ async def _in_hand(book: LeaseBook, cycles: int) -> tuple[list[float], int]:
 
 
 async def _fetches(book: LeaseBook, n: int, parallel: int, hops: list[tuple[float, float]]
-                   | None = None) -> list[float]:
-    """Round-trip times of `n` lease requests, `parallel` at a time, over many keys; with
-    `hops`, also each trip's two legs (to the limiter's grant, and back)."""
+                   | None = None, gap_ms: float = 0.0, first: int = 0) -> list[float]:
+    """Round-trip times of `n` lease requests, `parallel` at a time, over many keys (from
+    the `first`-th on), each after a random pause of up to `gap_ms`; with `hops`, also each
+    trip's two legs (to the limiter's grant, and back)."""
     times: list[float] = []
 
     async def lane(lane_id: int) -> None:
         for i in range(lane_id, n, parallel):
-            p = _principal(1 + i % 256)
+            if gap_ms:
+                await asyncio.sleep(random.uniform(0, gap_ms) / 1000)
+            p = _principal(1 + (first + i) % 256)
             req = LeaseRequested(key_id=p.key_id, tenant=p.tenant, gateway_id=GATEWAY_ID,
                                  reply_topic=topics.replies(GATEWAY_ID).name, requests=1,
                                  tokens=600, tokens_min=600, slots=0, held_slots=0,
-                                 limits=p.limits, budgets=p.budgets)
+                                 urgent=True, limits=p.limits, budgets=p.budgets)
             t0 = time.perf_counter()
             grant = await book._round_trip(req)
             times.append((time.perf_counter() - t0) * 1000)
@@ -91,6 +103,18 @@ async def _fetches(book: LeaseBook, n: int, parallel: int, hops: list[tuple[floa
     return times
 
 
+async def _one_at_a_time(book: LeaseBook, n: int, legs: list[tuple[float, float]]
+                         ) -> tuple[list[float], list[float]]:
+    """`n` lease fetches after random pauses and `n` back to back, taken in turn (so both
+    meet the same partition sizes and machine load); the legs are the first kind's."""
+    paused: list[float] = []
+    back_to_back: list[float] = []
+    for i in range(n):  # over all keys, and so all partitions, as `_fetches` goes
+        paused += await _fetches(book, 1, 1, legs, GAP_MS, first=2 * i)
+        back_to_back += await _fetches(book, 1, 1, first=2 * i + 1)
+    return paused, back_to_back
+
+
 async def _after_idle(book: LeaseBook, n: int, idle_s: float) -> list[float]:
     """Lease fetches, each after `idle_s` without any: the limiter is polling slowly."""
     times: list[float] = []
@@ -100,11 +124,12 @@ async def _after_idle(book: LeaseBook, n: int, idle_s: float) -> list[float]:
     return times
 
 
-async def _broker_trips(bootstrap: str, n: int, fetch_wait_ms: int, relayed: bool
-                        ) -> list[float]:
-    """The floor under every leg: one message from a producer to a waiting consumer. With
-    `relayed`, the floor under a lease fetch: the message is relayed back by a second
-    consumer with a producer of its own, as the limiter does, but without its work."""
+async def _broker_trips(bootstrap: str, n: int, fetch_wait_ms: int, relayed: bool,
+                        gap_ms: float) -> list[float]:
+    """The floor under every leg: one message from a producer to a waiting consumer, each
+    after a random pause of up to `gap_ms`. With `relayed`, the floor under a lease fetch:
+    the message is relayed back by a second consumer with a producer of its own, as the
+    limiter does, but without its work."""
     ping, pong = topics.TopicSpec("sluice.bench.ping", 1), topics.TopicSpec("sluice.bench.pong", 1)
     await topics.ensure(bootstrap, [ping, pong])
     producer, relay = bus.producer(bootstrap), bus.reader(bootstrap, fetch_wait_ms)
@@ -132,6 +157,7 @@ async def _broker_trips(bootstrap: str, n: int, fetch_wait_ms: int, relayed: boo
     times = []
     try:
         for _ in range(n):
+            await asyncio.sleep(random.uniform(0, gap_ms) / 1000)
             t0 = time.perf_counter()
             await producer.send(ping.name, b"ping")
             while not await arrival.getmany(timeout_ms=1000):
@@ -155,15 +181,16 @@ async def run(bootstrap: str, fetches: int, cycles: int, idle: int) -> dict[str,
     await producer.start()
     await replies.start()
     router = asyncio.create_task(replies.run())
-    hops = await _broker_trips(bootstrap, 500, settings.kafka_fetch_wait_ms, relayed=False)
-    round_trips = await _broker_trips(bootstrap, 500, settings.kafka_fetch_wait_ms, relayed=True)
+    wait = settings.kafka_fetch_wait_ms
+    hops = await _broker_trips(bootstrap, 500, wait, relayed=False, gap_ms=GAP_MS)
+    round_trips = await _broker_trips(bootstrap, 500, wait, relayed=True, gap_ms=GAP_MS)
     book = LeaseBook(producer, replies, GATEWAY_ID,
                      timeout=settings.lease_timeout_s, lease_ttl=settings.lease_ttl_s,
                      max_requests=settings.lease_max_requests)
     try:
         await _fetches(book, 300, 4)  # warm up every partition's path
         legs: list[tuple[float, float]] = []
-        sequential = await _fetches(book, fetches, 1, legs)
+        sequential, back_to_back = await _one_at_a_time(book, fetches, legs)
         parallel = await _fetches(book, fetches, 16)
         held, fetched = await _in_hand(book, cycles)
         after_idle = await _after_idle(book, idle, IDLE_S)
@@ -171,7 +198,8 @@ async def run(bootstrap: str, fetches: int, cycles: int, idle: int) -> dict[str,
         router.cancel()
         await replies.stop()
         await producer.stop()
-    return {"sequential": sequential, "parallel": parallel, "held": held,
+    return {"sequential": sequential, "back_to_back": back_to_back, "parallel": parallel,
+            "held": held,
             "after_idle": after_idle,
             "to_limiter": [leg[0] for leg in legs], "from_limiter": [leg[1] for leg in legs],
             "broker_hop": hops, "broker_round_trip": round_trips,
@@ -198,13 +226,15 @@ def render(r: dict[str, object]) -> str:
         "| measurement | n | p50 ms | p99 ms | max ms |",
         "|---|---|---|---|---|",
         _row("admission, lease in hand", held),
-        _row("lease fetch, one at a time", seq),
+        _row(f"lease fetch, one at a time (pauses of 0-{GAP_MS:g} ms)", seq),
         _row("— leg 1: request to grant", r["to_limiter"]),  # type: ignore[arg-type]
         _row("— leg 2: grant to gateway", r["from_limiter"]),  # type: ignore[arg-type]
+        _row("lease fetch, one at a time (back to back)", r["back_to_back"]),  # type: ignore[arg-type]
         _row("lease fetch, 16 at once", par),
         _row(f"lease fetch after {IDLE_S:g} s without any", r["after_idle"]),  # type: ignore[arg-type]
-        _row("one broker hop (produce → consume)", r["broker_hop"]),  # type: ignore[arg-type]
-        _row("two broker hops (relayed back, no limiter)",
+        _row(f"one broker hop (produce → consume, pauses of 0-{GAP_MS:g} ms)",
+             r["broker_hop"]),  # type: ignore[arg-type]
+        _row("two broker hops (relayed back, no limiter, same pauses)",
              r["broker_round_trip"]),  # type: ignore[arg-type]
         "",
         f"Of {r['cycles']} admissions on one busy key, {r['fetched']} fetched a new lease "
@@ -217,15 +247,20 @@ def render(r: dict[str, object]) -> str:
         "",
         "A lease fetch is two broker hops (gateway → limiter → gateway). The embedded broker "
         "does not answer a waiting fetch when data arrives: it looks at the start of the "
-        f"consumer's wait ({r['fetch_wait_ms']} ms) and at halvings of what is left, so each "
-        "hop costs up to about that wait even when idle (the last two rows: two hops with "
-        "nothing in between already take "
+        "consumer's wait and at halvings of what is left, and each look costs more the more "
+        "partitions the fetch holds, so each hop costs up to about that wait even when idle "
+        f"(two hops through {r['fetch_wait_ms']} ms consumers of one partition each, with "
+        "nothing in between: "
         f"{percentile(r['broker_round_trip'], 0.99):.2f} ms at p99); "  # type: ignore[arg-type]
         "Apache Kafka answers as soon as data arrives. While it waits for a grant the "
         "gateway polls its reply topic with a 1 ms wait (`SLUICE_REPLY_BUSY_FETCH_WAIT_MS`; "
         "its reply topics rotate every 250 replies, so that reading them fits in it). "
-        "The limiter polls with a 3 ms wait (`SLUICE_STREAMS_FETCH_WAIT_MS`) "
-        "only while lease requests come in; after a second without any it polls every "
+        "While urgent lease requests come in (a caller waits on each, as on those above) the "
+        "limiter polls with a 1 ms wait and fetches lease requests alone, the app's other "
+        "topics once every 50 ms (`SLUICE_STREAMS_URGENT_FETCH_WAIT_MS`, "
+        "`SLUICE_STREAMS_OTHERS_EVERY_MS`): 8 partitions a fetch instead of 67. While only "
+        "fetches ahead of need come in it polls everything with a 3 ms wait "
+        "(`SLUICE_STREAMS_FETCH_WAIT_MS`), and after a second without any every "
         "`SLUICE_STREAMS_IDLE_FETCH_WAIT_MS` (20 ms), which saves a third of a core but makes "
         "the first fetch after a quiet spell slower (the row above; on Apache Kafka the "
         "long wait costs nothing). A key in use does not wait for fetches at all: its next "

@@ -232,13 +232,14 @@ class LeaseBook:
         if self._round_trips is not None:
             self._round_trips.labels("waited" if waited else "ahead").inc()
         try:
-            await self._ask(principal, lease, tokens)
+            await self._ask(principal, lease, tokens, urgent=waited)
         finally:
             fetching, lease.fetching = lease.fetching, None
             if not fetching.done():
                 fetching.set_result(None)
 
-    async def _ask(self, principal: Principal, lease: Lease, tokens: int) -> None:
+    async def _ask(self, principal: Principal, lease: Lease, tokens: int, *,
+                   urgent: bool) -> None:
         now = time.time()
         expired = now >= lease.expires_at
         wanted = max(1, min(self._max_requests, math.ceil(lease.rate * self._lease_ttl)))
@@ -259,7 +260,7 @@ class LeaseBook:
             slots=1 if lease.in_use >= lease.slots else 0, held_slots=lease.slots,
             returned_requests=returned_requests, returned_tokens=returned_tokens,
             returned_at=lease.granted_at if (returned_requests or returned_tokens) else 0.0,
-            limits=principal.limits, budgets=principal.budgets)
+            urgent=urgent, limits=principal.limits, budgets=principal.budgets)
         grant = await self._round_trip(req)
         lease.snapshot = grant.snapshot
         if grant.denied:

@@ -313,6 +313,9 @@ class LeaseRequested(Event):
     returned_requests: int = Field(default=0, ge=0)
     returned_tokens: int = Field(default=0, ge=0)
     returned_at: float = Field(default=0.0, description="When the returned part was granted.")
+    urgent: bool = Field(default=False, description=(
+        "A request waits on this grant (not a fetch ahead of need): the limiter reads lease "
+        "requests at its shortest fetch wait while such come in."))
     limits: Limits
     budgets: Budgets = Budgets()
 

@@ -100,9 +100,13 @@ _fetch = fetcher.Fetcher._proc_fetch_request
 
 
 async def _proc_fetch_request(self: Any, assignment: Any, node_id: int, request: Any) -> Any:
-    """Fetch as aiokafka does; then, if the broker sent nothing from a partition that has
+    """Fetch as aiokafka does; let the fetcher's `after_fetch(assignment, records)`, if it
+    has one, pause or resume partitions before the next fetch is made (the streams app
+    narrows its fetches so); then, if the broker sent nothing from a partition that has
     records past the fetch offset, double the fetch wait (see `_starved`)."""
     result = await _fetch(self, assignment, node_id, request)
+    if (after := self.__dict__.get("after_fetch")) is not None and assignment.active:
+        after(assignment, self._records)
     now = time.monotonic()
     base = self.__dict__.setdefault("_sluice_base_wait_ms", self._fetch_max_wait_ms)
     starved = assignment.active and _starved(self, assignment, request)

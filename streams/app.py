@@ -60,6 +60,8 @@ app = App(
 )
 app.fetch_wait_ms = settings.streams_fetch_wait_ms
 app.idle_fetch_wait_ms = settings.streams_idle_fetch_wait_ms
+app.urgent_fetch_wait_ms = settings.streams_urgent_fetch_wait_ms
+app.others_every_s = settings.streams_others_every_ms / 1000
 app.busy_for_s = settings.streams_busy_s
 app.busy_topics = frozenset({topics.LEASES})
 
@@ -150,6 +152,8 @@ async def grant_leases(stream: Any) -> None:
             req = LeaseRequested.model_validate_json(event.value)
         except ValidationError:
             continue
+        if req.urgent:
+            app.consumer.pace.hurry()
         account = Account.load(accounts.get(req.key_id.encode()))
         source = f"leases:{event.message.partition}"
         if account.seen(source, event.message.offset):

@@ -1,17 +1,38 @@
-"""The streams app's fetch wait: short while lease requests come in, long otherwise."""
+"""The streams app's fetch wait: short while lease requests come in, long otherwise;
+shortest, and narrowed to lease requests, while callers wait on them."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from types import SimpleNamespace
+from typing import Any
+
+from aiokafka import TopicPartition
+from aiokafka.consumer.subscription_state import SubscriptionState
 
 from streams.transport import _Pace
 
+LEASES = [TopicPartition("sluice.leases", p) for p in range(2)]
+OTHERS = [TopicPartition("sluice.usage", 0), TopicPartition("sluice.prices", 0)]
 
-def _pace(fetcher: SimpleNamespace) -> _Pace:
-    app = SimpleNamespace(fetch_wait_ms=3, idle_fetch_wait_ms=20, busy_for_s=0.05,
+
+def _pace(fetcher: SimpleNamespace, others_every_ms: int = 20) -> _Pace:
+    app = SimpleNamespace(fetch_wait_ms=3, idle_fetch_wait_ms=20, urgent_fetch_wait_ms=1,
+                          others_every_s=others_every_ms / 1000, busy_for_s=0.05,
                           busy_topics=frozenset({"sluice.leases"}))
     return _Pace(app, lambda: fetcher)  # type: ignore[arg-type]
+
+
+def _assignment() -> Any:
+    """aiokafka's own record of a consumer's partitions, as its fetcher keeps it."""
+    subscription = SubscriptionState()
+    subscription.assign_from_user(set(LEASES + OTHERS))
+    return subscription.subscription.assignment
+
+
+def _paused(assignment: Any) -> set[TopicPartition]:
+    return {tp for tp in assignment.tps if assignment.state_value(tp).paused}
 
 
 def test_a_lease_request_shortens_the_wait_until_none_has_come_for_a_while() -> None:
@@ -33,3 +54,55 @@ def test_a_wait_raised_for_slow_fetches_stays_raised_in_proportion() -> None:
     fetcher = SimpleNamespace(_fetch_max_wait_ms=80, _sluice_base_wait_ms=20)  # raised 4x
     _pace(fetcher).seen("sluice.leases")
     assert (fetcher._fetch_max_wait_ms, fetcher._sluice_base_wait_ms) == (12, 3)
+
+
+def test_an_urgent_lease_request_shortens_the_wait_further_for_a_while() -> None:
+    fetcher = SimpleNamespace(_fetch_max_wait_ms=20)
+    pace = _pace(fetcher)
+    pace.hurry()
+    assert fetcher._fetch_max_wait_ms == 1
+    pace.seen("sluice.leases")  # a request ahead of need meanwhile keeps it shortest
+    assert fetcher._fetch_max_wait_ms == 1
+    time.sleep(0.1)
+    pace.seen("sluice.leases")  # no urgent one for a while: the busy wait
+    assert fetcher._fetch_max_wait_ms == 3
+    time.sleep(0.1)
+    pace.tick()
+    assert fetcher._fetch_max_wait_ms == 20
+
+
+async def test_while_hurried_fetches_read_lease_requests_and_the_rest_now_and_then() -> None:
+    pace, assignment = _pace(SimpleNamespace(_fetch_max_wait_ms=20)), _assignment()
+    pace.after_fetch(assignment, {})
+    assert not _paused(assignment)  # not hurried: every fetch reads every partition
+    pace.hurry()
+    pace.after_fetch(assignment, {})  # the others were just read: the next fetch skips them
+    assert _paused(assignment) == set(OTHERS)
+    await asyncio.sleep(0.03)  # past `others_every_s`: one fetch reads them all
+    pace.after_fetch(assignment, {})
+    assert not _paused(assignment)
+    pace.after_fetch(assignment, {})
+    assert _paused(assignment) == set(OTHERS)
+    await asyncio.sleep(0.1)  # no urgent request for `busy_for_s`: back to reading everything
+    pace.after_fetch(assignment, {})
+    assert not _paused(assignment)
+
+
+async def test_a_partition_is_paused_only_once_what_was_fetched_from_it_is_read() -> None:
+    pace, assignment = _pace(SimpleNamespace(_fetch_max_wait_ms=20)), _assignment()
+    pace.hurry()
+    pace.after_fetch(assignment, {})  # the first fetch once hurried reads them all
+    assert not _paused(assignment)
+    pace.after_fetch(assignment, {OTHERS[0]: object()})  # its records not yet read
+    assert _paused(assignment) == {OTHERS[1]}
+    pace.after_fetch(assignment, {})
+    assert _paused(assignment) == set(OTHERS)
+
+
+async def test_no_narrowing_when_the_others_are_to_be_read_every_time() -> None:
+    pace, assignment = _pace(SimpleNamespace(_fetch_max_wait_ms=20), others_every_ms=0), \
+        _assignment()
+    pace.hurry()
+    for _ in range(3):
+        pace.after_fetch(assignment, {})
+        assert not _paused(assignment)
