@@ -99,6 +99,7 @@ class _Pace(tansu.Pace):
         self.others_every_s = app.others_every_s
         self._urgent_until = 0.0
         self._others_at = 0.0  # when the last fetch of every topic went out
+        self._narrowed = False  # whether partitions may be paused
 
     def seen(self, topic: str) -> None:
         if topic in self.topics:
@@ -118,21 +119,32 @@ class _Pace(tansu.Pace):
         """Between two fetches, in the consumer's thread: pause the partitions of the
         other topics while hurried (the broker's looks, and so each hop, take longer the
         more partitions a fetch holds), but let every `others_every_s` one fetch take
-        them all. A partition is paused only once what was `fetched` from it has been
-        read (aiokafka drops a paused partition's fetched records, to fetch them again).
-        Paused, they keep their positions; a rebalance unpauses them."""
+        them all. A partition is paused only once it is caught up: what was `fetched`
+        from it has been read (aiokafka drops a paused partition's fetched records, to
+        fetch them again) and nothing more is known to be there; so a backlog is read at
+        full speed, and narrowed fetches wait only on what arrives meanwhile. Paused,
+        they keep their positions; a rebalance unpauses them."""
         now = time.monotonic()
         narrow = now < self._urgent_until and now - self._others_at < self.others_every_s
         if not narrow:
             self._others_at = now
+            if not self._narrowed:
+                return  # nothing of ours is paused (a rebalance only ever unpauses)
+        self._narrowed = narrow
         for tp in assignment.tps:
             if tp.topic in self.topics:
                 continue
             state = assignment.state_value(tp)
-            if narrow and not state.paused and tp not in fetched:
+            if narrow and not state.paused and tp not in fetched and _caught_up(state):
                 state.pause()
             elif not narrow and state.paused:
                 state.resume()
+
+
+def _caught_up(state: Any) -> bool:
+    """Whether a consumer has read a partition up to its last known end."""
+    return bool(state.has_valid_position and state.highwater is not None
+                and state.position >= state.highwater)
 
 
 class _ConsumerThread(driver.AIOKafkaConsumerThread):  # type: ignore[misc]

@@ -25,10 +25,16 @@ def _pace(fetcher: SimpleNamespace, others_every_ms: int = 20) -> _Pace:
 
 
 def _assignment() -> Any:
-    """aiokafka's own record of a consumer's partitions, as its fetcher keeps it."""
+    """aiokafka's own record of a consumer's partitions, as its fetcher keeps it, each
+    read up to its end."""
     subscription = SubscriptionState()
     subscription.assign_from_user(set(LEASES + OTHERS))
-    return subscription.subscription.assignment
+    assignment = subscription.subscription.assignment
+    for tp in assignment.tps:
+        state = assignment.state_value(tp)
+        state.reset_to(5)
+        state.highwater = 5
+    return assignment
 
 
 def _paused(assignment: Any) -> set[TopicPartition]:
@@ -95,6 +101,19 @@ async def test_a_partition_is_paused_only_once_what_was_fetched_from_it_is_read(
     assert not _paused(assignment)
     pace.after_fetch(assignment, {OTHERS[0]: object()})  # its records not yet read
     assert _paused(assignment) == {OTHERS[1]}
+    pace.after_fetch(assignment, {})
+    assert _paused(assignment) == set(OTHERS)
+
+
+async def test_a_partition_behind_its_end_is_read_on_until_caught_up() -> None:
+    pace, assignment = _pace(SimpleNamespace(_fetch_max_wait_ms=20)), _assignment()
+    behind = assignment.state_value(OTHERS[0])
+    behind.highwater = 3000  # a backlog
+    pace.hurry()
+    pace.after_fetch(assignment, {})
+    pace.after_fetch(assignment, {})
+    assert _paused(assignment) == {OTHERS[1]}
+    behind.consumed_to(3000)
     pace.after_fetch(assignment, {})
     assert _paused(assignment) == set(OTHERS)
 
