@@ -152,7 +152,11 @@ class Pace:
 
     def busy(self) -> None:
         self._last = time.monotonic()
-        self._set(self.fast)
+        self._set(self.busy_wait())
+
+    def busy_wait(self) -> int:
+        """The wait while busy (a subclass may shorten it further)."""
+        return self.fast
 
     def tick(self) -> None:
         """Back to the slow wait once nothing has been busy for `busy_for_s`."""

@@ -105,9 +105,8 @@ class _Pace(tansu.Pace):
         if topic in self.topics:
             self.busy()
 
-    def busy(self) -> None:
-        self._last = time.monotonic()
-        self._set(self.urgent_wait if self._last < self._urgent_until else self.fast)
+    def busy_wait(self) -> int:
+        return self.urgent_wait if time.monotonic() < self._urgent_until else self.fast
 
     def hurry(self) -> None:
         """A caller waits on the record just read: for `busy_for_s`, poll at the shortest
