@@ -17,7 +17,7 @@ import httpx
 from rich.console import Console
 from rich.progress import DownloadColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-from analytics.settings import default_home
+from broker.settings import default_home
 
 EXPORT_PATH = "/v1/admin/usage/export"
 

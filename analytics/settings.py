@@ -2,20 +2,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from broker.settings import SluiceSettings
 
 
-def default_home() -> Path:
-    return Path.home() / ".cache" / "sluice"
-
-
-class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="SLUICE_", extra="ignore")
-
-    home: Path = Field(default_factory=default_home)
+class Settings(SluiceSettings):
     clickhouse_url: str | None = Field(
         default=None,
         description="`http(s)://user:pass@host:8123/db` for a ClickHouse server or cluster; "
@@ -30,15 +22,11 @@ class Settings(BaseSettings):
         "check, which is only safe while the API listens on loopback; production sets it.",
     )
 
-    kafka_bootstrap: str = "127.0.0.1:9092"
     analytics_group: str = "sluice-analytics"
     analytics_sink: bool = Field(
         default=True, description="Run the sink in this process; API-only replicas of a "
         "ClickHouse server deployment turn it off.",
     )
-    # Tansu does not answer a waiting fetch when data arrives; 50 ms keeps freshness far under
-    # the 2 s target without spinning on an idle topic.
-    analytics_fetch_wait_ms: int = 50
     session_timeout_ms: int = 10_000
     heartbeat_interval_ms: int = 1_000
     batch_max_events: int = Field(default=50_000, ge=1)
@@ -58,10 +46,6 @@ class Settings(BaseSettings):
     sql_max_execution_s: float = Field(default=10.0, gt=0)
     sql_max_result_rows: int = Field(default=100_000, ge=1)
     sql_max_query_bytes: int = Field(default=65_536, ge=1)
-
-    cpus: list[int] | None = Field(
-        default=None, description="Pin the process to these CPUs (set by `sluice up`)."
-    )
 
     @property
     def clickhouse_dsn(self) -> str:

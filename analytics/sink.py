@@ -32,12 +32,13 @@ from aiokafka.errors import KafkaError, OffsetOutOfRangeError
 from aiokafka.structs import ConsumerRecord
 from pydantic import ValidationError
 
-from analytics import bus, journal, landing
+from analytics import journal, landing
 from analytics.exceptions import AnalyticsError
 from analytics.landing import Blocks
 from analytics.rows import TABLES
 from analytics.settings import Settings
 from analytics.warehouse import Warehouse
+from broker import Broker
 from schemas import topics
 from schemas.events import AnyEvent, decode
 
@@ -45,6 +46,9 @@ log = logging.getLogger("sluice.analytics.sink")
 
 Records = dict[TopicPartition, list[ConsumerRecord]]
 REPLAY_QUIET_S = 5.0
+
+# The streams the sink lands in ClickHouse, one table each.
+SOURCES: tuple[str, ...] = (topics.REQUESTS, topics.USAGE, topics.CACHE, topics.LEDGER)
 
 
 @dataclass
@@ -165,6 +169,7 @@ class Sink:
     def __init__(self, settings: Settings, warehouse: Warehouse, ready: asyncio.Event) -> None:
         self.settings = settings
         self.warehouse = warehouse
+        self.broker = Broker.of(settings)
         self.stats = SinkStats()
         self._ready = ready
         self._recent = RecentIds(settings.dedup_capacity)
@@ -235,9 +240,13 @@ class Sink:
 
     async def _consume(self) -> None:
         settings = self.settings
-        await topics.ensure(settings.kafka_bootstrap)
-        consumer = bus.group_consumer(settings)
-        consumer.subscribe(list(bus.SOURCES), listener=_Listener(self, consumer))
+        await self.broker.ensure()
+        consumer = self.broker.member(
+            settings.analytics_group, self.broker.profile.sink_wait_ms,
+            session_timeout_ms=settings.session_timeout_ms,
+            heartbeat_interval_ms=settings.heartbeat_interval_ms,
+            max_partition_fetch_bytes=4 * 1024 * 1024)
+        consumer.subscribe(list(SOURCES), listener=_Listener(self, consumer))
         await consumer.start()
         self._failure = None
         self.stats.phase = "collecting"
@@ -386,9 +395,7 @@ class Sink:
         """The records of `spans` from Kafka, or None if they are not the ones journaled
         (a broker that lost its topics reuses offsets) or no longer there (retention)."""
         by_tp = {TopicPartition(s.topic, s.partition): s for s in spans}
-        reader = AIOKafkaConsumer(bootstrap_servers=self.settings.kafka_bootstrap,
-                                  enable_auto_commit=False, auto_offset_reset="none",
-                                  fetch_max_wait_ms=50)
+        reader = self.broker.reader(self.broker.profile.sink_wait_ms, auto_offset_reset="none")
         await reader.start()
         out: Records = {tp: [] for tp in by_tp}
         try:

@@ -35,10 +35,9 @@ from aiokafka import TopicPartition
 
 from bench.common import broker, cpu, free_port, percentile, sluice, wait_http
 from bench.report import write_section
-from gateway import bus
+from broker import Broker
 from gateway.keys import Principal
 from gateway.leases import LeaseBook
-from gateway.replies import ReplyRouter
 from gateway.settings import Settings as GatewaySettings
 from schemas import topics
 from schemas.events import LeaseRequested
@@ -48,7 +47,7 @@ TARGET_IN_HAND_P50_MS = 0.1
 TARGET_FETCH_P99_MS = 10.0
 GATEWAY_ID = "bench-admission"
 GAP_MS = 8.0  # a random pause before each request: over two of the limiter's fetch cycles
-IDLE_S = 2.5  # past the limiter's `SLUICE_STREAMS_BUSY_S` and its next poll
+IDLE_S = 2.5  # past the limiter's busy spell (`Profile.busy_s`) and its next poll
 LIMITS = Limits(requests_per_minute=10_000_000, requests_per_hour=10**9,
                 requests_per_day=10**9, tokens_per_minute=10**12, burst=10_000_000,
                 concurrent=10_000)
@@ -124,19 +123,19 @@ async def _after_idle(book: LeaseBook, n: int, idle_s: float) -> list[float]:
     return times
 
 
-async def _broker_trips(bootstrap: str, n: int, fetch_wait_ms: int, relayed: bool,
+async def _broker_trips(broker: Broker, n: int, fetch_wait_ms: int, relayed: bool,
                         gap_ms: float) -> list[float]:
     """The floor under every leg: one message from a producer to a waiting consumer, each
     after a random pause of up to `gap_ms`. With `relayed`, the floor under a lease fetch:
     the message is relayed back by a second consumer with a producer of its own, as the
     limiter does, but without its work."""
     ping, pong = topics.TopicSpec("sluice.bench.ping", 1), topics.TopicSpec("sluice.bench.pong", 1)
-    await topics.ensure(bootstrap, [ping, pong])
-    producer, relay = bus.producer(bootstrap), bus.reader(bootstrap, fetch_wait_ms)
+    await broker.ensure([ping, pong])
+    producer, relay = broker.producer(), broker.reader(fetch_wait_ms)
     clients: list[Any] = [producer, relay]
     readers = [(relay, ping)]
     if relayed:
-        replier, back = bus.producer(bootstrap), bus.reader(bootstrap, fetch_wait_ms)
+        replier, back = broker.producer(), broker.reader(fetch_wait_ms)
         clients += [replier, back]
         readers.append((back, pong))
     for client in clients:
@@ -173,17 +172,16 @@ async def _broker_trips(bootstrap: str, n: int, fetch_wait_ms: int, relayed: boo
 
 async def run(bootstrap: str, fetches: int, cycles: int, idle: int) -> dict[str, object]:
     settings = GatewaySettings(kafka_bootstrap=bootstrap, gateway_id=GATEWAY_ID)
-    await topics.ensure(bootstrap)  # the reply topics are the router's own
-    producer = bus.producer(bootstrap)
-    replies = ReplyRouter(bus.reader(bootstrap, settings.kafka_fetch_wait_ms), bootstrap,
-                          GATEWAY_ID, rotate_after=settings.reply_rotate_records,
-                          busy_wait_ms=settings.reply_busy_fetch_wait_ms)
+    broker = Broker.of(settings)
+    await broker.ensure()  # the reply topics are the router's own
+    producer = broker.producer()
+    replies = broker.replies(GATEWAY_ID)
     await producer.start()
     await replies.start()
     router = asyncio.create_task(replies.run())
-    wait = settings.kafka_fetch_wait_ms
-    hops = await _broker_trips(bootstrap, 500, wait, relayed=False, gap_ms=GAP_MS)
-    round_trips = await _broker_trips(bootstrap, 500, wait, relayed=True, gap_ms=GAP_MS)
+    wait = broker.profile.replies_wait_ms
+    hops = await _broker_trips(broker, 500, wait, relayed=False, gap_ms=GAP_MS)
+    round_trips = await _broker_trips(broker, 500, wait, relayed=True, gap_ms=GAP_MS)
     book = LeaseBook(producer, replies, GATEWAY_ID,
                      timeout=settings.lease_timeout_s, lease_ttl=settings.lease_ttl_s,
                      max_requests=settings.lease_max_requests)
@@ -203,7 +201,7 @@ async def run(bootstrap: str, fetches: int, cycles: int, idle: int) -> dict[str,
             "after_idle": after_idle,
             "to_limiter": [leg[0] for leg in legs], "from_limiter": [leg[1] for leg in legs],
             "broker_hop": hops, "broker_round_trip": round_trips,
-            "fetch_wait_ms": settings.kafka_fetch_wait_ms,
+            "fetch_wait_ms": wait,
             "fetched": fetched, "cycles": cycles}
 
 

@@ -33,6 +33,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from bench.common import Child, broker, cpu, free_port, sluice
 from bench.report import write_section
+from broker import Broker, SluiceSettings
 from schemas import topics
 from schemas.events import PriceSchedule, PriceVersion, UsageRecorded
 from streams.settings import Settings as StreamsSettings
@@ -254,7 +255,7 @@ async def _freshness(bootstrap: str, http: httpx.AsyncClient, rate: float, secon
 
 async def run(bootstrap: str, n: int, tenants: int, keys: int, rate: float, seconds: float
               ) -> tuple[dict[str, float], dict[str, float]]:
-    await topics.ensure(bootstrap)
+    await Broker.of(SluiceSettings(kafka_bootstrap=bootstrap)).ensure()
     now = time.time()
     events = [_usage(i, now, tenants, keys) for i in range(n)]
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=10, acks=1,

@@ -2,27 +2,20 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Annotated
+from pydantic import Field
 
-from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from broker.settings import CommaList, SluiceSettings
 
 
-class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="SLUICE_", extra="ignore")
-
-    home: Path = Field(default_factory=lambda: Path.home() / ".cache" / "sluice")
-    kafka_bootstrap: str | None = Field(
+class Settings(SluiceSettings):
+    kafka_bootstrap: str | None = Field(  # type: ignore[assignment]
         default=None, description="An existing Kafka cluster; unset starts the embedded broker."
     )
     broker_host: str = "127.0.0.1"
     broker_port: int = 9092
     host: str = "127.0.0.1"
     port: int = 8080
-    models: Annotated[list[str], NoDecode] = Field(
-        default_factory=lambda: ["smollm2-135m-instruct"]
-    )
+    models: CommaList = Field(default_factory=lambda: ["smollm2-135m-instruct"])
     ready_timeout_s: float = 600.0
     admin_key: str | None = None
     streams_host: str = "127.0.0.1"
@@ -32,18 +25,8 @@ class Settings(BaseSettings):
     internal_token: str | None = Field(
         default=None, description="What the gateway shows the analytics API; unset makes a "
         "new one for each `sluice up`.")
-    cpus: list[int] | None = Field(
-        default=None, description="Pin the broker to these CPUs (set by `sluice up`)."
-    )
     pin: bool = Field(default=True, description="On CPU-only machines, keep the broker and "
                       "gateway off the cores vLLM binds its model runner to.")
-
-    @field_validator("models", mode="before")
-    @classmethod
-    def _split(cls, value: object) -> object:
-        if isinstance(value, str):
-            return [v.strip() for v in value.split(",") if v.strip()]
-        return value
 
     @property
     def bootstrap(self) -> str:

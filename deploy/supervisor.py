@@ -22,6 +22,7 @@ import urllib.request
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
+from broker import Broker, profiles
 from deploy.settings import Settings
 
 PR_SET_PDEATHSIG = 1
@@ -109,14 +110,14 @@ def _check_alive(child: Child) -> None:
         raise StartupFailed(f"{child.role} exited with code {code} while starting")
 
 
-async def _wait_heartbeat(bootstrap: str, worker_id: str, child: Child, timeout: float) -> None:
-    from aiokafka import AIOKafkaConsumer, TopicPartition
+async def _wait_heartbeat(broker: Broker, worker_id: str, child: Child, timeout: float
+                          ) -> None:
+    from aiokafka import TopicPartition
 
     from schemas import topics
     from schemas.events import WorkerHeartbeat
 
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
-                                fetch_max_wait_ms=200)
+    consumer = broker.reader(broker.profile.control_wait_ms)
     await consumer.start()
     try:
         deadline = time.monotonic() + timeout
@@ -186,8 +187,12 @@ def plan(settings: Settings) -> list[Child]:
     """The children of `sluice up`, in start order."""
     me = [sys.executable, "-m", "deploy"]
     bootstrap = settings.bootstrap
+    # The embedded broker is Tansu whatever SLUICE_BROKER says; a cluster's kind is given.
+    kind = "tansu" if settings.kafka_bootstrap is None else settings.broker
+    broker = Broker(bootstrap, profiles.profile(kind, settings.broker_tuning))
     common = {"SLUICE_KAFKA_BOOTSTRAP": bootstrap, "SLUICE_HOME": str(settings.home),
-              "SLUICE_MODELS": ",".join(settings.models), "PYTHONUNBUFFERED": "1"}
+              "SLUICE_BROKER": kind, "SLUICE_MODELS": ",".join(settings.models),
+              "PYTHONUNBUFFERED": "1"}
     side = {"SLUICE_CPUS": json.dumps(cpus)} if settings.pin and (cpus := side_cpus()) else {}
     timeout = settings.ready_timeout_s
     children = []
@@ -220,7 +225,7 @@ def plan(settings: Settings) -> list[Child]:
         worker_id = f"{os.uname().nodename}-{model}-up"
 
         def ready(c: Child, worker_id: str = worker_id) -> Awaitable[None]:
-            return _wait_heartbeat(bootstrap, worker_id, c, timeout)
+            return _wait_heartbeat(broker, worker_id, c, timeout)
 
         children.append(Child(
             f"worker:{model}" if len(settings.models) > 1 else "worker",

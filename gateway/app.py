@@ -13,7 +13,8 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.routing import Route
 
-from gateway import accounts, admin, bus, completions, dashboard, errors, reporting, status
+from broker import Broker
+from gateway import accounts, admin, completions, dashboard, errors, reporting, status
 from gateway.admission import Admission
 from gateway.auth import IpLimiter
 from gateway.exceptions import GatewayError
@@ -26,7 +27,6 @@ from gateway.middleware.request_id import RequestIdMiddleware
 from gateway.outcomes import Outcomes
 from gateway.prices import PriceBook
 from gateway.relay import GatewayState
-from gateway.replies import ReplyRouter
 from gateway.settings import Settings
 from gateway.workers import WorkerRegistry
 from schemas import topics
@@ -38,19 +38,18 @@ def create_app(settings: Settings | None = None) -> Starlette:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        bootstrap = settings.kafka_bootstrap
+        broker = Broker.of(settings)
+        profile = broker.profile
         gateway_id = settings.resolved_gateway_id
-        await topics.ensure(bootstrap, [  # the reply topics are the router's own
+        await broker.ensure([  # the reply topics are the router's own
             topics.inference(m, settings.inference_partitions) for m in settings.models])
-        producer = bus.producer(bootstrap)
+        producer = broker.producer()
         await producer.start()
-        replies = ReplyRouter(bus.reader(bootstrap, settings.kafka_fetch_wait_ms), bootstrap,
-                              gateway_id, rotate_after=settings.reply_rotate_records,
-                              busy_wait_ms=settings.reply_busy_fetch_wait_ms)
-        registry = WorkerRegistry(bus.reader(bootstrap, 100), settings.models)
-        keys = KeyStore(bus.reader(bootstrap, 50), settings.admin_key)
-        experiments = ExperimentBook(bus.reader(bootstrap, 50))
-        prices = PriceBook(bus.reader(bootstrap, 100))
+        replies = broker.replies(gateway_id)
+        registry = WorkerRegistry(broker.reader(profile.control_wait_ms), settings.models)
+        keys = KeyStore(broker.reader(profile.views_wait_ms), settings.admin_key)
+        experiments = ExperimentBook(broker.reader(profile.views_wait_ms))
+        prices = PriceBook(broker.reader(profile.control_wait_ms))
         followers = (replies, registry, keys, experiments, prices)
         for follower in followers:
             await follower.start()

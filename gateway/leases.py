@@ -25,9 +25,9 @@ from dataclasses import dataclass, field
 from aiokafka import AIOKafkaProducer
 from prometheus_client import Counter
 
+from broker.replies import ReplyRouter
 from gateway.exceptions import RateLimited, ServiceUnavailable
 from gateway.keys import Principal
-from gateway.replies import ReplyRouter
 from schemas import topics
 from schemas.events import LeaseGranted, LeaseRequested, RateSnapshot
 
@@ -278,8 +278,7 @@ class LeaseBook:
             self._renew_when_expired(principal, lease, tokens)
 
     async def _round_trip(self, req: LeaseRequested) -> LeaseGranted:
-        pending = self._replies.open(req.event_id, urgent=True)
-        req = pending.readdress(req)
+        req, pending = self._replies.open(req.event_id, req, urgent=True)
         try:
             await self._producer.send(topics.LEASES, req.encode(), key=req.key_id.encode())
             reply = await pending.get_event(timeout=self._timeout)

@@ -17,6 +17,7 @@ import httpx
 from aiokafka import AIOKafkaProducer
 from starlette.requests import Request
 
+from broker.replies import Pending, ReplyRouter
 from gateway.admission import Admission, Ticket
 from gateway.auth import IpLimiter
 from gateway.exceptions import GatewayTimeout, ModelNotFound, UpstreamError
@@ -25,7 +26,7 @@ from gateway.keys import KeyStore
 from gateway.leases import Admitted, LeaseBook
 from gateway.outcomes import Outcomes
 from gateway.prices import PriceBook
-from gateway.replies import Pending, ReplyRouter, Transcript
+from gateway.replies import Transcript
 from gateway.settings import Settings
 from gateway.workers import WorkerRegistry
 from schemas import topics
@@ -99,8 +100,7 @@ class Call:
         st = self.st
         self._ticket = await st.admission.admit(self.event.model)
         st.outcomes.metrics.in_flight.labels(self.event.model).inc()
-        self._pending = st.replies.open(self.request_id)
-        self.event = self._pending.readdress(self.event)  # it may have moved on meanwhile
+        self.event, self._pending = st.replies.open(self.request_id, self.event)
         topic = topics.inference(self.event.model, st.settings.inference_partitions).name
         delivery = await st.producer.send(topic, self.event.encode(),
                                           key=self.request_id.encode())

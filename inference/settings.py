@@ -5,26 +5,15 @@ from __future__ import annotations
 import os
 import re
 import socket
-from pathlib import Path
 from typing import Annotated
 
 from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings import NoDecode
+
+from broker.settings import SluiceSettings
 
 
-def default_home() -> Path:
-    return Path.home() / ".cache" / "sluice"
-
-
-class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="SLUICE_", extra="ignore")
-
-    home: Path = Field(default_factory=default_home)
-    kafka_bootstrap: str = "127.0.0.1:9092"
-    # Tansu does not answer a waiting fetch when data arrives (it looks at the start of
-    # the wait and at halvings of what is left), so the request topic is polled at about
-    # this interval; with Apache Kafka a larger wait costs no latency.
-    kafka_fetch_wait_ms: int = 3
+class Settings(SluiceSettings):
     session_timeout_ms: int = 10_000
     heartbeat_interval_ms: int = 1_000
     commit_interval_ms: int = 100

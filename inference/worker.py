@@ -18,7 +18,7 @@ from aiokafka import ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, KafkaError
 from pydantic import ValidationError
 
-from inference import bus
+from broker import Broker
 from inference.engine import Engine
 from inference.exceptions import BadPrompt
 from inference.offsets import OffsetTracker
@@ -106,15 +106,17 @@ class Worker:
         self.engine = engine
         self.worker_id = settings.resolved_worker_id
         self.topics = [topics.inference(n, settings.inference_partitions) for n in settings.names]
-        bootstrap = settings.kafka_bootstrap
-        self.producer = bus.producer(bootstrap)
-        self.consumer = bus.requests_consumer(
-            bootstrap,
-            group=f"sluice.workers.{topics.topic_safe(settings.model)}",
-            fetch_wait_ms=settings.kafka_fetch_wait_ms,
+        self.broker = broker = Broker.of(settings)
+        self.producer = broker.producer()
+        self.consumer = broker.member(
+            f"sluice.workers.{topics.topic_safe(settings.model)}",
+            broker.profile.requests_wait_ms,
             session_timeout_ms=settings.session_timeout_ms,
+            heartbeat_interval_ms=max(100, settings.session_timeout_ms // 3),
+            max_poll_interval_ms=300_000,
         )
-        self.control = bus.broadcast_consumer(bootstrap)
+        # Outside any group: every worker sees every cancellation.
+        self.control = broker.reader(broker.profile.control_wait_ms)
         self.offsets = OffsetTracker()
         self.running: dict[str, asyncio.Task[None]] = {}
         # Where each running request sits; a redelivery of it moves this, not the task.
@@ -128,7 +130,7 @@ class Worker:
     # -- lifecycle --------------------------------------------------------------------------
 
     async def start(self) -> None:
-        await topics.ensure(self.settings.kafka_bootstrap, self.topics)
+        await self.broker.ensure(self.topics)
         await self.producer.start()
         await self.control.start()
         control = [TopicPartition(topics.INFERENCE_CONTROL, p)

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
 import re
-from collections.abc import Iterable
 from dataclasses import dataclass
 
 INFERENCE_PREFIX = "sluice.inference."
@@ -50,7 +48,7 @@ def inference(model: str, partitions: int = 8) -> TopicSpec:
 
 def replies(gateway_id: str, generation: int = 0) -> TopicSpec:
     """The topic a single gateway reads its token chunks from; a gateway that moves on to
-    a fresh one (see `gateway.replies`) numbers them from 1."""
+    a fresh one (see `broker.replies`) numbers them from 1."""
     suffix = f".{generation}" if generation else ""
     return TopicSpec(REPLIES_PREFIX + topic_safe(gateway_id) + suffix, 1)
 
@@ -80,41 +78,3 @@ def static(name: str) -> TopicSpec:
         if spec.name == name:
             return spec
     raise KeyError(name)
-
-
-async def ensure(bootstrap: str, extra: Iterable[TopicSpec] = (), *, fixed: bool = True
-                 ) -> None:
-    """Create every fixed topic (unless not `fixed`) and `extra` that does not exist yet,
-    with its layout.
-
-    Every service calls this at start, so whichever comes first lays the topics out as
-    above; a broker that auto-creates topics would otherwise give them its own partition
-    count, and tables partitioned like `sluice.usage` would no longer line up.
-    """
-    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-    from aiokafka.errors import TopicAlreadyExistsError
-
-    specs = {s.name: s for s in (*(STATIC if fixed else ()), *extra)}
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        existing = set(await admin.list_topics())
-        missing = [s for name, s in specs.items() if name not in existing]
-        if missing:
-            with contextlib.suppress(TopicAlreadyExistsError):
-                await admin.create_topics(
-                    [NewTopic(s.name, s.partitions, 1, topic_configs=s.config) for s in missing])
-    finally:
-        await admin.close()
-
-
-async def delete(bootstrap: str, names: Iterable[str]) -> None:
-    """Delete topics; one already gone is not an error."""
-    from aiokafka.admin import AIOKafkaAdminClient
-
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        await admin.delete_topics(list(names))
-    finally:
-        await admin.close()

@@ -1,2 +1,2 @@
 """The streams app: one Faust app that turns usage and request events into limits,
-quotas, bills and A/B metrics, kept as stateful tables. (Issue 3 builds it.)"""
+quotas, bills and A/B metrics, kept as stateful tables."""

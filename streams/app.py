@@ -23,6 +23,7 @@ from typing import Any
 from aiokafka import AIOKafkaProducer
 from pydantic import ValidationError
 
+from broker import Broker
 from schemas import topics
 from schemas.events import (
     BudgetAlert,
@@ -40,6 +41,7 @@ from streams.settings import Settings
 from streams.transport import App
 
 settings = Settings()
+broker = Broker.of(settings)
 log = logging.getLogger("sluice.streams")
 
 app = App(
@@ -58,11 +60,7 @@ app = App(
     consumer_auto_offset_reset="earliest",
     web_enabled=True,
 )
-app.fetch_wait_ms = settings.streams_fetch_wait_ms
-app.idle_fetch_wait_ms = settings.streams_idle_fetch_wait_ms
-app.urgent_fetch_wait_ms = settings.streams_urgent_fetch_wait_ms
-app.others_every_s = settings.streams_others_every_ms / 1000
-app.busy_for_s = settings.streams_busy_s
+app.broker = broker
 app.busy_topics = frozenset({topics.LEASES})
 
 # -- topics -------------------------------------------------------------------------------
@@ -104,8 +102,7 @@ class _Grants:
 
     async def start(self) -> None:
         if self.producer is None:
-            producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap,
-                                        linger_ms=0, acks=1)
+            producer = broker.producer()
             await producer.start()
             self.producer = producer
 
@@ -153,7 +150,7 @@ async def grant_leases(stream: Any) -> None:
         except ValidationError:
             continue
         if req.urgent:
-            app.consumer.pace.hurry()
+            app.hurry()
         account = Account.load(accounts.get(req.key_id.encode()))
         source = f"leases:{event.message.partition}"
         if account.seen(source, event.message.offset):

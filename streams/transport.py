@@ -1,178 +1,68 @@
-"""Faust's Kafka transport, adjusted for the embedded Tansu broker.
+"""Faust's Kafka transport, with fixes Faust needs on any broker, and the broker's pace.
 
-- **Fetch wait.** Faust builds its consumer with `fetch_max_wait_ms=1500`. Apache Kafka
-  answers a fetch as soon as data arrives, so that costs nothing there; Tansu looks for
-  data only at the start of the wait and then at halvings of what is left of it (at 0,
-  1/2, 3/4... of it), which would make every hop through the streams app take up to
-  0.75 s. This transport sets the wait from the app: `App.fetch_wait_ms` while records
-  of `App.busy_topics` (lease requests, which a gateway waits on) come in and for
-  `App.busy_for_s` after the last, `App.idle_fetch_wait_ms` otherwise. Polling every
-  3 ms cost the embedded broker and this process about a third of a core between them
-  (measured: TTFT p50 of back-to-back streamed requests 65 ms with it, 55 ms with 20 ms),
-  on the core the gateway and the broker serve requests from.
-- **Urgent lease requests.** A request sent for a caller who waits (a key without a lease
-  in hand) makes the limiter agent `hurry` the pace: for `App.busy_for_s` it polls with
-  `App.urgent_fetch_wait_ms`, and its fetches hold the partitions of the busy topics
-  only, every other partition once per `App.others_every_s`. Tansu looks at every
-  partition of a fetch at each of its looks, so one hop through a consumer of some 60
-  partitions took p50 2 ms, p99 5.6-5.9 ms, against 1 ms and 3-3.9 ms through one of a
-  single partition; and a shorter wait alone did not help while each fetch held all 67.
-- **End offsets.** Tansu reports a partition's end offset as the base offset of its last
-  record batch plus one, not past the batch's last record. Faust recovers a table by
-  reading its changelog up to that end, so a restarted worker would silently miss every
-  changelog record after the first of the last batch. This transport reads the last
-  batch to find the true end; on Kafka that batch ends where the broker says.
 - **Flush before commit.** Faust flushes its producer before it commits source offsets,
   so that table changelog writes land first. But its buffer's flush gives up after
   0.1 s without a message sent and does not count the message being handed over, so a
-  busy worker could commit past writes still in the buffer; killed then, it lost them
-  (a restart recovered totals older than its committed offsets). This producer's flush
-  waits until every buffered message is delivered.
+  busy worker could commit past writes still in the buffer and, killed then, lose them.
+  This producer's flush waits until every buffered message is delivered.
 - **Tracked topics.** An aiokafka client refreshes metadata for every topic until it
   first meets an unknown one (a changelog Faust created after the producer started),
-  then only for topics it met that way, and forgets the rest: a refresh then lost the
-  ledger's leader under a batch already queued for it, and billing stalled. This
-  producer tracks every topic from the start. A table write needs its changelog's
-  partition count before the producer may know it; it is the count Faust creates
-  changelogs with.
-- **Holes.** A record the broker shows after a later one is read again, not skipped
-  (`schemas.tansu`): usage events from two workers would otherwise lose one now and then.
+  then only for topics it met that way, and forgets the rest: a refresh could lose the
+  ledger's leader under a batch already queued for it. This producer tracks every topic
+  from the start. A table write needs its changelog's partition count before the
+  producer may know it; it is the count Faust creates changelogs with.
+- **Batches, and rebalances.** The fetch loop races each fetched batch (not each
+  message) against a flow stop, and holds messages back until a rebalance has ended
+  (see `_Consumer._drain_messages`).
+- **The broker's profile** (`App.broker`): the consumer's fetch wait, changed with what
+  comes in where the profile paces it (`broker.tansu.StreamsPace`), and end offsets
+  corrected where the broker misreports them (table recovery reads changelogs to the end).
 """
 
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
-import aiokafka
 import faust
 from aiokafka.partitioner import DefaultPartitioner
 from faust.transport.consumer import CONSUMER_FETCHING
 from faust.transport.drivers import aiokafka as driver
 from faust.types import TP
 
-from schemas import tansu
-
-tansu.install()
-
-
-async def true_ends(bootstrap: list[str], ends: Mapping[TP, int]) -> dict[TP, int]:
-    """The end offsets `ends` (as the broker reports them), extended over the records of
-    each partition's last batch."""
-    out = {TP(tp.topic, tp.partition): end for tp, end in ends.items()}
-    tps = [aiokafka.TopicPartition(*tp) for tp, end in out.items() if end > 0]
-    if not tps:
-        return out
-    consumer = aiokafka.AIOKafkaConsumer(bootstrap_servers=bootstrap,
-                                         enable_auto_commit=False, fetch_max_wait_ms=50)
-    await consumer.start()
-    try:
-        consumer.assign(tps)
-        for tp in tps:
-            consumer.seek(tp, out[TP(*tp)] - 1)
-        pending = set(tps)
-        deadline = time.monotonic() + 30
-        while pending and time.monotonic() < deadline:
-            batches = await consumer.getmany(*pending, timeout_ms=200)
-            for tp, records in batches.items():
-                if records:  # a fetch returns the whole batch holding the offset asked for
-                    out[TP(*tp)] = max(out[TP(*tp)], records[-1].offset + 1)
-                    pending.discard(tp)
-    finally:
-        await consumer.stop()
-    return out
-
-
-class _Pace(tansu.Pace):
-    """The consumer's fetch wait: short while records of the app's busy topics come in,
-    long once none has for a while; and while the records that come in are urgent (a
-    caller waits on each), shortest, with the fetches narrowed to the busy topics."""
-
-    def __init__(self, app: App, fetcher: Callable[[], Any] = lambda: None) -> None:
-        super().__init__(app.fetch_wait_ms, max(app.fetch_wait_ms,
-                                                app.idle_fetch_wait_ms or app.fetch_wait_ms),
-                         app.busy_for_s, fetcher)
-        self.topics = app.busy_topics
-        self.urgent_wait = min(app.urgent_fetch_wait_ms or app.fetch_wait_ms, self.fast)
-        self.others_every_s = app.others_every_s
-        self._urgent_until = 0.0
-        self._others_at = 0.0  # when the last fetch of every topic went out
-        self._narrowed = False  # whether partitions may be paused
-
-    def seen(self, topic: str) -> None:
-        if topic in self.topics:
-            self.busy()
-
-    def busy_wait(self) -> int:
-        return self.urgent_wait if time.monotonic() < self._urgent_until else self.fast
-
-    def hurry(self) -> None:
-        """A caller waits on the record just read: for `busy_for_s`, poll at the shortest
-        wait and read the other topics only every `others_every_s`."""
-        self._urgent_until = time.monotonic() + self.busy_for_s
-        self.busy()
-
-    def after_fetch(self, assignment: Any, fetched: Mapping[Any, Any]) -> None:
-        """Between two fetches, in the consumer's thread: pause the partitions of the
-        other topics while hurried (the broker's looks, and so each hop, take longer the
-        more partitions a fetch holds), but let every `others_every_s` one fetch take
-        them all. A partition is paused only once it is caught up: what was `fetched`
-        from it has been read (aiokafka drops a paused partition's fetched records, to
-        fetch them again) and nothing more is known to be there; so a backlog is read at
-        full speed, and narrowed fetches wait only on what arrives meanwhile. Paused,
-        they keep their positions; a rebalance unpauses them."""
-        now = time.monotonic()
-        narrow = now < self._urgent_until and now - self._others_at < self.others_every_s
-        if not narrow:
-            self._others_at = now
-            if not self._narrowed:
-                return  # nothing of ours is paused (a rebalance only ever unpauses)
-        self._narrowed = narrow
-        for tp in assignment.tps:
-            if tp.topic in self.topics:
-                continue
-            state = assignment.state_value(tp)
-            if narrow and not state.paused and tp not in fetched and _caught_up(state):
-                state.pause()
-            elif not narrow and state.paused:
-                state.resume()
-
-
-def _caught_up(state: Any) -> bool:
-    """Whether a consumer has read a partition up to its last known end."""
-    return bool(state.has_valid_position and state.highwater is not None
-                and state.position >= state.highwater)
+from broker import Broker
+from broker.tansu import StreamsPace
 
 
 class _ConsumerThread(driver.AIOKafkaConsumerThread):  # type: ignore[misc]
-    _bootstrap: list[str]
-
     def _create_worker_consumer(self, transport: Any) -> Any:
         consumer = super()._create_worker_consumer(transport)
-        consumer._fetch_max_wait_ms = self.consumer.pace.wait
-        self._bootstrap = driver.server_list(transport.url, transport.default_port)
+        pace = self.consumer.pace
+        consumer._fetch_max_wait_ms = (pace.wait if pace is not None
+                                       else self.app.broker.profile.streams_wait_ms)
         return consumer
 
     async def on_start(self) -> None:
         await super().on_start()
-        self._consumer._fetcher.after_fetch = self.consumer.pace.after_fetch
+        if self.consumer.pace is not None:
+            self._consumer._fetcher.after_fetch = self.consumer.pace.after_fetch
 
     async def _highwaters(self, partitions: Iterable[TP]) -> Mapping[TP, int]:
         ends = await super()._highwaters(partitions)
         if self.consumer.in_transaction:
             return ends  # last stable offsets, from the consumer's own fetches
-        return await true_ends(self._bootstrap, ends)
+        return await self.app.broker.true_ends(dict(ends))
 
 
 class _Consumer(driver.Consumer):  # type: ignore[misc]
-    pace: _Pace
+    pace: StreamsPace | None
 
     def _new_consumer_thread(self) -> _ConsumerThread:
         # Made first thing in Faust's __init__: the thread's consumer starts at this wait.
-        self.pace = _Pace(self.app, lambda: getattr(getattr(self._thread, "_consumer", None),
-                                                    "_fetcher", None))
+        self.pace = self.app.broker.streams_pace(
+            self.app.busy_topics,
+            lambda: getattr(getattr(self._thread, "_consumer", None), "_fetcher", None))
         return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
 
     async def _drain_messages(self, fetcher: Any) -> None:
@@ -206,7 +96,8 @@ class _Consumer(driver.Consumer):  # type: ignore[misc]
         async def deliver(messages: Any) -> None:
             nonlocal since_yield
             async for tp, message in messages:
-                pace.seen(tp.topic)
+                if pace is not None:
+                    pace.seen(tp.topic)
                 since_yield += 1
                 if since_yield > 100:  # let the agents run
                     await asyncio.sleep(0)
@@ -233,7 +124,8 @@ class _Consumer(driver.Consumer):  # type: ignore[misc]
             while not (consumer_should_stop() or fetcher_should_stop()):
                 self.diag.set_flag(CONSUMER_FETCHING)
                 messages = getmany(timeout=1.0)
-                pace.tick()
+                if pace is not None:
+                    pace.tick()
                 await self.sleep(0)  # getmany may return at once, again and again
                 if not self.should_stop:
                     await self.wait_first(deliver(messages), self.suspend_flow.wait())
@@ -299,18 +191,21 @@ class Transport(driver.Transport):  # type: ignore[misc]
 
 
 class App(faust.App):  # type: ignore[misc]
-    """A Faust app on the transport above."""
+    """A Faust app on the transport above; `broker` is set before the app starts, and
+    `busy_topics` are those whose records a caller waits on (they set the pace)."""
 
-    fetch_wait_ms = 1500
-    idle_fetch_wait_ms: int | None = None
-    urgent_fetch_wait_ms: int | None = None
-    others_every_s = 0.05
+    broker: Broker
     busy_topics: frozenset[str] = frozenset()
-    busy_for_s = 1.0
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.settled = asyncio.Event()  # set while no rebalance is under way
+
+    def hurry(self) -> None:
+        """A caller waits on the record just read: poll fast for a while, where the
+        broker's profile paces this app's fetches."""
+        if (pace := self.consumer.pace) is not None:
+            pace.hurry()
 
     def on_rebalance_start(self) -> None:
         super().on_rebalance_start()

@@ -21,6 +21,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from broker import PROFILES, Broker
+
 ROOT = Path(__file__).resolve().parent.parent
 OUTPUT = Path(os.environ.get("SLUICE_TEST_OUTPUT", ROOT / "test-output"))
 MODEL = "smollm2-135m-instruct"
@@ -103,6 +105,7 @@ def _docker_kafka() -> Iterator[str] | None:
 
     def run() -> Iterator[str]:
         with KafkaContainer().with_kraft() as kafka:
+            os.environ["SLUICE_BROKER"] = "kafka"  # for the processes the tests start too
             yield kafka.get_bootstrap_server()
 
     return run()
@@ -123,6 +126,11 @@ def bootstrap() -> Iterator[str]:
         yield f"127.0.0.1:{port}"
     finally:
         broker.stop(5)
+
+
+def broker_at(bootstrap: str) -> Broker:
+    """The tests' own clients of the session's broker, made as the services make theirs."""
+    return Broker(bootstrap, PROFILES[os.environ.get("SLUICE_BROKER", "tansu")])  # type: ignore[index]
 
 
 @pytest.fixture(scope="session")
@@ -209,7 +217,7 @@ def start_worker(name: str, env: dict[str, str], gateway: Gateway, expect: int) 
 @pytest.fixture(scope="session")
 def gateway(stack_env: dict[str, str], streams: Proc) -> Iterator[Gateway]:
     # A small reply topic, so that every test crosses the gateway's moves to fresh ones.
-    gw = start_gateway("gateway", stack_env, reply_rotate_records="200")
+    gw = start_gateway("gateway", stack_env, broker_tuning='{"reply_rotate_records": 200}')
     yield gw
     gw.proc.stop(30)
 

@@ -6,15 +6,16 @@ import asyncio
 import time
 from collections.abc import Callable
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import TopicPartition
 
 from schemas.events import AnyEvent, decode
 
 
 async def read_events_async(bootstrap: str, topic: str, want: Callable[[list[AnyEvent]], bool],
                 timeout: float) -> list[AnyEvent]:
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
-                                fetch_max_wait_ms=50)
+    from tests.conftest import broker_at
+
+    consumer = broker_at(bootstrap).reader(50)
     await consumer.start()
     events: list[AnyEvent] = []
     try:

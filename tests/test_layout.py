@@ -1,4 +1,5 @@
-"""The layering rules: `schemas` is the contract and the services never import each other."""
+"""The layering rules: `schemas` is the contract, `broker` the one way to Kafka, and the
+services never import each other."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVICES = ("gateway", "inference", "streams", "analytics")
-FIRST_PARTY = (*SERVICES, "schemas", "deploy")
+FIRST_PARTY = (*SERVICES, "schemas", "broker", "deploy")
 
 
 def _imports(package: str) -> set[tuple[str, str]]:
@@ -26,20 +27,34 @@ def _imports(package: str) -> set[tuple[str, str]]:
 
 
 @pytest.mark.parametrize("package", SERVICES)
-def test_services_import_only_schemas(package: str) -> None:
+def test_services_import_only_schemas_and_broker(package: str) -> None:
     wrong = {(f, m) for f, m in _imports(package)
-             if m in FIRST_PARTY and m not in (package, "schemas")}
+             if m in FIRST_PARTY and m not in (package, "schemas", "broker")}
     assert wrong == set()
+
+
+def test_broker_imports_only_schemas() -> None:
+    wrong = {(f, m) for f, m in _imports("broker")
+             if m in FIRST_PARTY and m not in ("broker", "schemas")}
+    assert wrong == set()
+
+
+@pytest.mark.parametrize("package", SERVICES)
+def test_only_the_broker_makes_kafka_clients(package: str) -> None:
+    """Services get their producers, consumers and topics from `broker.Broker`."""
+    made = {(str(path.relative_to(ROOT)), name)
+            for path in (ROOT / package).rglob("*.py")
+            for node in ast.walk(ast.parse(path.read_text()))
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Name | ast.Attribute)
+            and (name := getattr(node.func, "id", getattr(node.func, "attr", "")))
+            in ("AIOKafkaProducer", "AIOKafkaConsumer", "AIOKafkaAdminClient")}
+    assert made == set()
 
 
 def test_schemas_depend_on_pydantic_and_stdlib_only() -> None:
     allowed = {"pydantic", "schemas", "__future__"}
-    # The exceptions, both about reading and writing the topics themselves: topics.py
-    # creates the topics it lays out (`topics.ensure`), and tansu.py makes every consumer
-    # read them whole on the embedded broker.
-    kafka = {("schemas/topics.py", "aiokafka"), ("schemas/tansu.py", "aiokafka")}
     wrong = {(f, m) for f, m in _imports("schemas")
-             if m not in allowed and m not in sys.stdlib_module_names and (f, m) not in kafka}
+             if m not in allowed and m not in sys.stdlib_module_names}
     assert wrong == set()
 
 

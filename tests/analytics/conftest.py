@@ -37,6 +37,7 @@ from tests.conftest import (
     ADMIN_KEY,
     Gateway,
     Proc,
+    broker_at,
     create_key,
     free_port,
     start_gateway,
@@ -177,7 +178,7 @@ def _in_experiment(t: Traffic, experiment: Experiment) -> Traffic:
 
 async def _publish_definitions(bootstrap: str, records: list[tuple[str, str, Event]]) -> None:
     """State events on compacted topics, keyed as the admin API keys them."""
-    await topics.ensure(bootstrap)
+    await broker_at(bootstrap).ensure()
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
     await producer.start()
     try:

@@ -12,9 +12,8 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from analytics import bus
 from analytics.settings import Settings
-from analytics.sink import Sink
+from analytics.sink import SOURCES, Sink
 from analytics.warehouse import Warehouse
 from tests.analytics.harness import unique
 from tests.analytics.traffic import expected, produce, store_queries, traffic, with_duplicates
@@ -63,7 +62,7 @@ async def caught_up(bootstrap: str, group: str) -> bool:
     await offsets.start()
     await reader.start()
     try:
-        tps = [TopicPartition(t, p) for t in bus.SOURCES
+        tps = [TopicPartition(t, p) for t in SOURCES
                for p in offsets.partitions_for_topic(t) or ()]
         reader.assign(tps)
         for tp in tps:
@@ -147,7 +146,7 @@ async def _rewind_last_batch(bootstrap: str, warehouse: Warehouse, group: str) -
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group,
                                 enable_auto_commit=False, session_timeout_ms=6000,
                                 heartbeat_interval_ms=500)
-    consumer.subscribe(list(bus.SOURCES))
+    consumer.subscribe(list(SOURCES))
     await consumer.start()
     try:
         while not consumer.assignment():

@@ -18,6 +18,7 @@ from schemas.events import (
     RequestRejected,
     UsageRecorded,
 )
+from tests.conftest import broker_at
 
 
 @dataclass
@@ -118,7 +119,7 @@ def with_duplicates(events: list[tuple[str, AnyEvent]], every: int
 
 async def produce(bootstrap: str, events: list[tuple[str, AnyEvent]]) -> None:
     """Publish events keyed by key id, like the stack does, and wait until all are acked."""
-    await topics.ensure(bootstrap)
+    await broker_at(bootstrap).ensure()
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, acks=1)
     await producer.start()
     try:

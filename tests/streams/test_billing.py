@@ -144,7 +144,7 @@ def test_usage_from_several_workers_at_once_is_all_counted(bootstrap: str,
                                                            streams_app: StreamsApp) -> None:
     """Four workers publishing one key's usage at the same moment, into one partition. On
     the embedded broker a record can then show after a later one, and a consumer that
-    read past it lost the event for good (`schemas.tansu`)."""
+    read past it lost the event for good (`broker.tansu`)."""
     now = time.time()
     model = unique("model")
     schedule = price_schedule(model, (now - 3600, 1_000_000, 2_000_000, 500_000))

@@ -13,6 +13,7 @@ from aiokafka import AIOKafkaProducer
 from schemas import topics
 from schemas.events import LeaseGranted, LeaseRequested, UsageRecorded
 from schemas.tiers import TIER_LIMITS
+from tests.conftest import broker_at
 from tests.events import read_events
 from tests.streams.conftest import StreamsApp, price_schedule, publish_async, unique
 
@@ -24,7 +25,7 @@ async def test_usage_counts_and_grants_go_out_while_callers_wait_on_leases(
     model, key, tenant = unique("model"), unique("key"), unique("tenant")
     schedule = price_schedule(model, (time.time() - 3600, 1_000_000, 2_000_000, 500_000))
     reply = topics.TopicSpec(unique("sluice.replies.urgent"), 1)
-    await topics.ensure(bootstrap, [reply])
+    await broker_at(bootstrap).ensure([reply])
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
     await producer.start()
     asked: list[str] = []
@@ -44,7 +45,7 @@ async def test_usage_counts_and_grants_go_out_while_callers_wait_on_leases(
 
     # What a new app finds on a busy stack: a long usage partition, one event a batch as
     # workers publish them. On a long enough one a 1 ms fetch comes back empty until the
-    # wait is raised (`schemas.tansu`), and a lagging partition paused between such
+    # wait is raised (`broker.tansu`), and a lagging partition paused between such
     # fetches was never read again: run after the other streams tests (their usage makes
     # the partitions longer still) this test failed so; `test_pace` checks the rule alone.
     for _ in range(BACKLOG):

@@ -14,26 +14,32 @@ import uuid
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from gateway import bus
-from gateway.replies import Pending, ReplyRouter
-from gateway.settings import Settings
+from broker import PROFILES, Broker
+from broker.replies import Pending, ReplyRouter
 from schemas import topics
-from schemas.events import TokenChunk
+from schemas.events import InferenceRequested, TokenChunk
 
 PRODUCERS = 4
 REQUESTS = 40
 CHUNKS = 250  # 10,000 single-record batches in all
 
 
+def _open(router: ReplyRouter, rid: str, *, urgent: bool = False) -> Pending:
+    """Wait for replies to a request made for it, which names the reply topic."""
+    request = InferenceRequested(request_id=rid, model="m", kind="completion", prompt="x",
+                                 reply_topic="", deadline=0)
+    sent, pending = router.open(rid, request, urgent=urgent)
+    assert sent.reply_topic == pending.topic == router.topic
+    return pending
+
+
 @pytest.mark.parametrize("urgent", [False, True], ids=["idle-wait", "busy-wait"])
 async def test_every_reply_arrives_from_many_producers_across_topics(
         bootstrap: str, urgent: bool) -> None:
     gateway_id = f"replies-{uuid.uuid4().hex[:8]}"
-    await topics.ensure(bootstrap, [topics.replies(gateway_id)], fixed=False)
-    settings = Settings()  # the gateway's own waits and rotation
-    router = ReplyRouter(bus.reader(bootstrap, settings.kafka_fetch_wait_ms), bootstrap,
-                         gateway_id, rotate_after=settings.reply_rotate_records, grace_s=0.2,
-                         busy_wait_ms=settings.reply_busy_fetch_wait_ms)
+    broker = Broker(bootstrap, PROFILES["tansu"])  # the gateway's own waits and rotation
+    await broker.ensure([topics.replies(gateway_id)], fixed=False)
+    router = broker.replies(gateway_id, grace_s=0.2)
     await router.start()
     loop = asyncio.create_task(router.run())
     producers = [AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=0)
@@ -56,7 +62,7 @@ async def test_every_reply_arrives_from_many_producers_across_topics(
         results: list[list[int]] = []
         for wave in range(0, REQUESTS, 10):
             rids = [f"{gateway_id}-{i}" for i in range(wave, wave + 10)]
-            pendings = [router.open(rid, urgent=urgent) for rid in rids]
+            pendings = [_open(router, rid, urgent=urgent) for rid in rids]
             chunks = [(p.topic, rid, seq) for seq in range(CHUNKS)
                       for rid, p in zip(rids, pendings, strict=True)]
             collected = asyncio.gather(*(collect(p) for p in pendings))
@@ -97,8 +103,8 @@ async def _topics(bootstrap: str) -> set[str]:
 async def test_the_router_fetches_with_the_short_wait_only_while_lease_grants_are_awaited(
         bootstrap: str) -> None:
     gateway_id = f"replies-{uuid.uuid4().hex[:8]}"
-    router = ReplyRouter(bus.reader(bootstrap, 20), bootstrap, gateway_id, busy_wait_ms=1,
-                         busy_for_s=0.3)
+    broker = Broker(bootstrap, PROFILES["tansu"])
+    router = ReplyRouter(broker.reader(20), broker, gateway_id, busy_wait_ms=1, busy_for_s=0.3)
     await router.start()
     loop = asyncio.create_task(router.run())
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=0)
@@ -106,9 +112,9 @@ async def test_the_router_fetches_with_the_short_wait_only_while_lease_grants_ar
     fetcher = router._consumer._fetcher
     try:
         assert fetcher._fetch_max_wait_ms == 20  # idle
-        router.open("stream")  # a streamed answer's chunks: the pace stays
+        _open(router, "stream")  # a streamed answer's chunks: the pace stays
         assert fetcher._fetch_max_wait_ms == 20
-        pending = router.open("r1", urgent=True)  # a lease grant
+        pending = _open(router, "r1", urgent=True)  # a lease grant
         assert fetcher._fetch_max_wait_ms == 1
         chunk = TokenChunk(request_id="r1", worker_id="w", attempt="a", seq=0, final=True)
         await producer.send_and_wait(pending.topic, chunk.encode(), key=b"r1")

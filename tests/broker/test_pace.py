@@ -1,5 +1,5 @@
-"""The streams app's fetch wait: short while lease requests come in, long otherwise;
-shortest, and narrowed to lease requests, while callers wait on them."""
+"""The streams app's fetch wait on the embedded broker: short while lease requests come
+in, long otherwise; shortest, and narrowed to lease requests, while callers wait on them."""
 
 from __future__ import annotations
 
@@ -11,17 +11,15 @@ from typing import Any
 from aiokafka import TopicPartition
 from aiokafka.consumer.subscription_state import SubscriptionState
 
-from streams.transport import _Pace
+from broker.tansu import StreamsPace
 
 LEASES = [TopicPartition("sluice.leases", p) for p in range(2)]
 OTHERS = [TopicPartition("sluice.usage", 0), TopicPartition("sluice.prices", 0)]
 
 
-def _pace(fetcher: SimpleNamespace, others_every_ms: int = 20) -> _Pace:
-    app = SimpleNamespace(fetch_wait_ms=3, idle_fetch_wait_ms=20, urgent_fetch_wait_ms=1,
-                          others_every_s=others_every_ms / 1000, busy_for_s=0.05,
-                          busy_topics=frozenset({"sluice.leases"}))
-    return _Pace(app, lambda: fetcher)  # type: ignore[arg-type]
+def _pace(fetcher: SimpleNamespace, others_every_ms: int = 20) -> StreamsPace:
+    return StreamsPace(3, 20, 1, others_every_ms / 1000, 0.05, frozenset({"sluice.leases"}),
+                       lambda: fetcher)
 
 
 def _assignment() -> Any:

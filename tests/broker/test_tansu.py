@@ -1,4 +1,4 @@
-"""`schemas.tansu` on the real broker: a consumer with the hot path's short fetch wait
+"""`broker.tansu` on the real broker: a consumer with the hot path's short fetch wait
 keeps receiving from a partition that the embedded broker cannot read within that wait."""
 
 from __future__ import annotations
@@ -7,23 +7,23 @@ import asyncio
 import time
 import uuid
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import TopicPartition
 
-from schemas import tansu, topics
+from broker import PROFILES, Broker
+from schemas import topics
 
 
 async def test_a_short_wait_still_receives_from_a_large_partition(bootstrap: str) -> None:
-    tansu.install()
+    broker = Broker(bootstrap, PROFILES["tansu"])
     topic = f"sluice.test.large-{uuid.uuid4().hex[:8]}"
-    await topics.ensure(bootstrap, [topics.TopicSpec(topic, 1)], fixed=False)
+    await broker.ensure([topics.TopicSpec(topic, 1)], fixed=False)
     tp = TopicPartition(topic, 0)
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=0)
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
-                                fetch_max_wait_ms=3)
+    producer = broker.producer()
+    consumer = broker.reader(3)
     await producer.start()
     await consumer.start()
     try:
-        # 10,000 batches: Tansu 0.6 takes about 5 ms to read this partition's tail.
+        # 10,000 batches: more than the broker reads within the wait.
         for _ in range(10_000):
             await producer.send_and_wait(topic, b"x" * 100)
         consumer.assign([tp])
@@ -38,4 +38,4 @@ async def test_a_short_wait_still_receives_from_a_large_partition(bootstrap: str
     finally:
         await consumer.stop()
         await producer.stop()
-        await asyncio.gather(topics.delete(bootstrap, [topic]), return_exceptions=True)
+        await asyncio.gather(broker.delete([topic]), return_exceptions=True)

@@ -1,31 +1,33 @@
-"""How every Sluice consumer reads the embedded broker (Tansu 0.6, memory storage) whole.
-
-`install()` adjusts aiokafka's fetcher, in every process that reads topics, for two of
-the broker's habits; Apache Kafka has neither, so there the adjustments never fire.
+"""Workarounds for the embedded broker (Tansu 0.6, memory storage), installed only by its
+profile (`broker.profiles`); Apache Kafka has none of these habits.
 
 - **Holes.** When two or more producers write one partition, a record can become
-  visible after the one behind it. A consumer that fetches in between gets the later
-  record, moves past the earlier one and never sees it: a lost reply, lease request or
-  usage event (about 1 in 2,000 records with 2-4 producers). A fetch response now ends
-  at the first hole, so the fetcher asks again from there, for up to `GRACE_S`, before
-  it reads on. Only topics that are not compacted are checked: there Kafka never leaves
-  a hole (transaction markers come as control batches, which are not holes), while
-  compacted topics have holes by design.
-- **Slow fetches.** Reading a partition costs the broker about 0.5 ms per 1,000 batches
-  in it, and a fetch whose reading outlasts its wait comes back empty, so a consumer
-  with a 3 ms wait stops receiving from a partition of some 8,000 batches for good. A
-  run of fetches that come back empty from a partition with records past the fetch
-  offset now doubles the consumer's wait (up to `STARVED_MAX_FACTOR` times the
-  configured one); the wait is halved again after `STARVED_COOLDOWN_S` without need.
+  visible after the one behind it; a consumer that fetches in between would move past
+  the earlier one and never see it. A fetch response now ends at the first hole, and
+  the fetcher asks again from there for up to `GRACE_S` before it reads on. Only topics
+  that are not compacted are checked: compacted topics have holes by design.
+- **Slow fetches.** Reading a partition costs the broker time per batch in it, and a
+  fetch whose reading outlasts its wait comes back empty, so a consumer with a short
+  wait would stop receiving from a large partition. A run of empty fetches from a
+  partition with records past the fetch offset doubles the wait (up to
+  `STARVED_MAX_FACTOR` times); it is halved again after `STARVED_COOLDOWN_S`.
+- **Polling.** The broker looks for records only at the start of a fetch's wait and at
+  halvings of what is left, so a wait is a consumer's latency: `Pace` keeps a short one
+  only while somebody waits on the records, and `StreamsPace` also narrows the streams
+  app's fetches to the lease requests while callers wait on them (each look costs more
+  the more partitions a fetch holds).
+- **End offsets.** The broker reports a partition's end as the base offset of its last
+  batch plus one; `true_ends` reads that batch to find the real end.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
+import aiokafka
 from aiokafka import TopicPartition
 from aiokafka.consumer import fetcher
 
@@ -88,6 +90,9 @@ class _UpToHole:
         return int(self._records.size_in_bytes())
 
 
+_original_records = fetcher.PartitionRecords
+
+
 class _PartitionRecords(fetcher.PartitionRecords):  # type: ignore[misc]
     def __init__(self, tp: TopicPartition, records: Any, aborted: Any, fetch_offset: int,
                  *args: Any) -> None:
@@ -96,7 +101,7 @@ class _PartitionRecords(fetcher.PartitionRecords):  # type: ignore[misc]
         super().__init__(tp, records, aborted, fetch_offset, *args)
 
 
-_fetch = fetcher.Fetcher._proc_fetch_request
+_original_fetch = fetcher.Fetcher._proc_fetch_request
 
 
 async def _proc_fetch_request(self: Any, assignment: Any, node_id: int, request: Any) -> Any:
@@ -104,7 +109,7 @@ async def _proc_fetch_request(self: Any, assignment: Any, node_id: int, request:
     has one, pause or resume partitions before the next fetch is made (the streams app
     narrows its fetches so); then, if the broker sent nothing from a partition that has
     records past the fetch offset, double the fetch wait (see `_starved`)."""
-    result = await _fetch(self, assignment, node_id, request)
+    result = await _original_fetch(self, assignment, node_id, request)
     if (after := self.__dict__.get("after_fetch")) is not None and assignment.active:
         after(assignment, self._records)
     now = time.monotonic()
@@ -171,9 +176,8 @@ class Pace:
 
 
 def _starved(self: Any, assignment: Any, request: Any) -> bool:
-    """The embedded broker's other habit: a fetch whose reading outlasts its wait comes
-    back empty, and reading grows with the partition (about 0.5 ms per 1,000 batches),
-    so a consumer with a short wait stops receiving from a large partition for good."""
+    """Whether the broker sent nothing from a partition that has records past the fetch
+    offset (its reading outlasted the wait)."""
     for topic, partitions in request.topics:
         for partition, offset, _ in partitions:
             tp = TopicPartition(topic, partition)
@@ -186,8 +190,104 @@ def _starved(self: Any, assignment: Any, request: Any) -> bool:
     return False
 
 
-def install() -> None:
-    """Make this process's aiokafka consumers stop at holes and outwait slow fetches
-    (idempotent)."""
-    fetcher.PartitionRecords = _PartitionRecords
-    fetcher.Fetcher._proc_fetch_request = _proc_fetch_request
+def install(*, holes: bool, slow_fetches: bool) -> None:
+    """Make this process's aiokafka consumers stop at holes and outwait slow fetches, as
+    asked (idempotent; the process's profile decides)."""
+    if holes:
+        fetcher.PartitionRecords = _PartitionRecords
+    if slow_fetches:
+        fetcher.Fetcher._proc_fetch_request = _proc_fetch_request
+
+
+def installed() -> bool:
+    """Whether any of the workarounds above is in place in this process."""
+    return (fetcher.PartitionRecords is not _original_records
+            or fetcher.Fetcher._proc_fetch_request is not _original_fetch)
+
+
+class StreamsPace(Pace):
+    """The streams app's fetch wait: short while records of its busy topics come in, long
+    once none has for a while; and while the records that come in are urgent (a caller
+    waits on each), shortest, with the fetches narrowed to the busy topics."""
+
+    def __init__(self, fast: int, slow: int, urgent: int, others_every_s: float,
+                 busy_for_s: float, topics: frozenset[str],
+                 fetcher: Callable[[], Any] = lambda: None) -> None:
+        super().__init__(fast, max(fast, slow), busy_for_s, fetcher)
+        self.topics = topics
+        self.urgent_wait = min(urgent, fast)
+        self.others_every_s = others_every_s
+        self._urgent_until = 0.0
+        self._others_at = 0.0  # when the last fetch of every topic went out
+        self._narrowed = False  # whether partitions may be paused
+
+    def seen(self, topic: str) -> None:
+        if topic in self.topics:
+            self.busy()
+
+    def busy_wait(self) -> int:
+        return self.urgent_wait if time.monotonic() < self._urgent_until else self.fast
+
+    def hurry(self) -> None:
+        """A caller waits on the record just read: for `busy_for_s`, poll at the shortest
+        wait and read the other topics only every `others_every_s`."""
+        self._urgent_until = time.monotonic() + self.busy_for_s
+        self.busy()
+
+    def after_fetch(self, assignment: Any, fetched: Mapping[Any, Any]) -> None:
+        """Between two fetches, in the consumer's thread: pause the partitions of the
+        other topics while hurried, but let every `others_every_s` one fetch take them
+        all. A partition is paused only once it is caught up: what was `fetched` from it
+        has been read (aiokafka drops a paused partition's fetched records, to fetch them
+        again) and nothing more is known to be there, so a backlog is read at full speed.
+        Paused, they keep their positions; a rebalance unpauses them."""
+        if not self.others_every_s:
+            return
+        now = time.monotonic()
+        narrow = now < self._urgent_until and now - self._others_at < self.others_every_s
+        if not narrow:
+            self._others_at = now
+            if not self._narrowed:
+                return  # nothing of ours is paused (a rebalance only ever unpauses)
+        self._narrowed = narrow
+        for tp in assignment.tps:
+            if tp.topic in self.topics:
+                continue
+            state = assignment.state_value(tp)
+            if narrow and not state.paused and tp not in fetched and _caught_up(state):
+                state.pause()
+            elif not narrow and state.paused:
+                state.resume()
+
+
+def _caught_up(state: Any) -> bool:
+    """Whether a consumer has read a partition up to its last known end."""
+    return bool(state.has_valid_position and state.highwater is not None
+                and state.position >= state.highwater)
+
+
+async def true_ends(bootstrap: str, ends: Mapping[Any, int]) -> dict[Any, int]:
+    """The end offsets `ends` (keyed by (topic, partition) tuples, as the broker reports
+    them), extended over the records of each partition's last batch."""
+    out = dict(ends)
+    tps = {aiokafka.TopicPartition(*tp): tp for tp, end in out.items() if end > 0}
+    if not tps:
+        return out
+    consumer = aiokafka.AIOKafkaConsumer(bootstrap_servers=bootstrap,
+                                         enable_auto_commit=False, fetch_max_wait_ms=50)
+    await consumer.start()
+    try:
+        consumer.assign(list(tps))
+        for tp, key in tps.items():
+            consumer.seek(tp, out[key] - 1)
+        pending = set(tps)
+        deadline = time.monotonic() + 30
+        while pending and time.monotonic() < deadline:
+            batches = await consumer.getmany(*pending, timeout_ms=200)
+            for tp, records in batches.items():
+                if records:  # a fetch returns the whole batch holding the offset asked for
+                    out[tps[tp]] = max(out[tps[tp]], records[-1].offset + 1)
+                    pending.discard(tp)
+    finally:
+        await consumer.stop()
+    return out
