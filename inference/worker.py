@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections import defaultdict
 from typing import Any
 
 from aiokafka import ConsumerRebalanceListener, TopicPartition
@@ -21,83 +20,22 @@ from pydantic import ValidationError
 from broker import Broker
 from inference.engine import Engine
 from inference.exceptions import BadPrompt
+from inference.execution import Execution
 from inference.offsets import OffsetTracker
 from inference.settings import Settings
 from schemas import topics
 from schemas.events import (
-    ChoiceDelta,
     InferenceCancelled,
     InferenceError,
     InferenceRequested,
     TokenChunk,
-    TokenUsage,
-    UsageRecorded,
-    UsageStatus,
     WorkerHeartbeat,
     decode,
-    new_id,
 )
 
 log = logging.getLogger("sluice.worker")
 
 CANCEL_MEMORY_S = 600.0
-
-
-class _Reply:
-    """The chunks of one execution of one request, numbered in order."""
-
-    def __init__(self, worker: Worker, req: InferenceRequested, attempt: str) -> None:
-        self._producer = worker.producer
-        self._topic = req.reply_topic
-        self._key = req.request_id.encode()
-        self._base = {"request_id": req.request_id, "worker_id": worker.worker_id}
-        self._attempt = attempt
-        self._seq = 0
-
-    async def send(self, choices: list[ChoiceDelta], **final: Any) -> None:
-        chunk = TokenChunk(**self._base, attempt=self._attempt, seq=self._seq, choices=choices,
-                           **final)
-        self._seq += 1
-        delivery = await self._producer.send(self._topic, chunk.encode(), key=self._key)
-        if final:
-            await delivery  # the offset is committed only once the answer is on the broker
-
-
-class _Output:
-    """Per-choice text, offsets and token counts of a running request."""
-
-    def __init__(self) -> None:
-        self.pending: dict[int, list[str]] = defaultdict(list)
-        self.sent: dict[int, int] = defaultdict(int)
-        self.tokens: dict[int, int] = defaultdict(int)
-        self.finish: dict[int, str | None] = {}
-        self.cached = 0
-
-    def add(self, out: Any) -> None:
-        for o in out.outputs:
-            self.tokens[o.index] += len(o.token_ids)
-            if o.text:
-                self.pending[o.index].append(o.text)
-            if o.finish_reason:
-                self.finish[o.index] = o.finish_reason
-        self.cached = out.num_cached_tokens or self.cached
-
-    @property
-    def completion_tokens(self) -> int:
-        return sum(self.tokens.values())
-
-    def take(self, final: bool = False) -> list[ChoiceDelta]:
-        """Everything not yet sent, as deltas; with `final`, one per choice with its reason."""
-        indexes = sorted(set(self.pending) | (set(self.finish) if final else set()))
-        deltas = []
-        for i in indexes:
-            text = "".join(self.pending.pop(i, ()))
-            reason = self.finish.get(i) if final else None
-            if text or reason:
-                deltas.append(ChoiceDelta(index=i, offset=self.sent[i], text=text,
-                                          finish_reason=reason))
-                self.sent[i] += len(text)
-        return deltas
 
 
 class Worker:
@@ -316,113 +254,68 @@ class Worker:
     # -- one request ------------------------------------------------------------------------
 
     async def _execute(self, req: InferenceRequested) -> None:
-        received = time.time()
         rid = req.request_id
-        reply = _Reply(self, req, attempt=new_id())
-        if rid in self.cancelled:
-            await self._record(req, "cancelled", received)
+        run = Execution(req, self.worker_id)
+        if run.before_start(cancelled=rid in self.cancelled):
+            await self._record(run)
             return
-        if req.deadline < received:
-            await self._record(req, "expired", received)
-            return
-        output = _Output()
         try:
             prompt_ids = self.engine.prompt_ids(req)
             params = self.engine.sampling_params(req, len(prompt_ids))
-            first_token_at = await self._generate(req, reply, prompt_ids, params, output)
+            await self._generate(run, prompt_ids, params)
         except BadPrompt as exc:
-            await self._refuse(req, reply, received, InferenceError(
+            await self._refuse(run, InferenceError(
                 status=exc.status, code=exc.code, param=exc.param, message=exc.message))
             return
         except ValueError as exc:  # vLLM's own validation of what was asked
-            await self._refuse(req, reply, received, InferenceError(status=400, message=str(exc)))
+            await self._refuse(run, InferenceError(status=400, message=str(exc)))
             return
         except Exception as exc:
             from vllm.v1.engine.exceptions import EngineDeadError
 
             dead = isinstance(exc, EngineDeadError)
-            await self._refuse(req, reply, received, InferenceError(
+            await self._refuse(run, InferenceError(
                 status=503 if dead else 500, type="server_error",
                 message="The engine failed while generating."))
             raise
 
-        cancelled = rid in self.cancelled or "abort" in output.finish.values()
-        usage = TokenUsage(prompt_tokens=len(prompt_ids),
-                           completion_tokens=output.completion_tokens, cached_tokens=output.cached)
-        if not cancelled:
-            await reply.send(output.take(final=True), final=True, usage=usage)
-        reasons = [r for r in output.finish.values() if r]
-        await self._record(
-            req, "cancelled" if cancelled else "completed", received,
-            usage=usage, finish_reason=reasons[0] if reasons else None,
-            ttft_ms=(first_token_at - received) * 1000 if first_token_at else None,
-        )
+        final = run.finish(len(prompt_ids), cancelled=rid in self.cancelled)
+        if final is not None:
+            await self._reply(run, final)
+        await self._record(run)
 
-    async def _generate(
-        self, req: InferenceRequested, reply: _Reply, prompt_ids: list[int], params: Any,
-        output: _Output,
-    ) -> float | None:
-        """Run the engine, streaming coalesced chunks if asked; returns first-token time."""
-        rid = req.request_id
+    async def _generate(self, run: Execution, prompt_ids: list[int], params: Any) -> None:
+        """Run the engine, streaming coalesced chunks if asked."""
+        rid = run.req.request_id
         interval = self.settings.chunk_interval_ms / 1000
-        first_token_at: float | None = None
         aborted = False
         async for out in self.engine.generate(rid, prompt_ids, params):
-            output.add(out)
-            if first_token_at is None and output.completion_tokens:
-                first_token_at = time.time()
+            run.add(out)
             if out.finished:
                 break
             if not aborted and rid in self.cancelled:
                 aborted = True
                 await self.engine.abort(rid)
-            if req.stream and output.pending and not aborted:
-                await reply.send(output.take())
+            if not aborted and (chunk := run.chunk()) is not None:
+                await self._reply(run, chunk)
                 # vLLM merges the deltas that arrive meanwhile into one output.
                 await asyncio.sleep(interval)
-        return first_token_at
 
-    async def _refuse(
-        self, req: InferenceRequested, reply: _Reply, received: float, error: InferenceError
-    ) -> None:
-        await reply.send([], final=True, error=error)
-        await self._record(req, "failed", received)
+    async def _refuse(self, run: Execution, error: InferenceError) -> None:
+        await self._reply(run, run.refuse(error))
+        await self._record(run)
 
-    async def _record(
-        self,
-        req: InferenceRequested,
-        status: UsageStatus,
-        received: float,
-        *,
-        usage: TokenUsage | None = None,
-        finish_reason: str | None = None,
-        ttft_ms: float | None = None,
-    ) -> None:
-        """Publish the request's usage; its id is the request's, so a redelivery bills once."""
-        now = time.time()
-        event = UsageRecorded(
-            event_id=f"usage-{req.request_id}",
-            request_id=req.request_id,
-            model=req.model,
-            key_id=req.key_id,
-            tenant=req.tenant,
-            user=req.user,
-            variant=req.variant,
-            experiment_id=req.experiment_id,
-            worker_id=self.worker_id,
-            status=status,
-            finish_reason=finish_reason,
-            prompt_tokens=usage.prompt_tokens if usage else 0,
-            completion_tokens=usage.completion_tokens if usage else 0,
-            cached_tokens=usage.cached_tokens if usage else 0,
-            queue_ms=max(0.0, (received - req.ts) * 1000),
-            ttft_ms=ttft_ms,
-            latency_ms=(now - received) * 1000,
-            reserved_tokens=req.reserved_tokens,
-            reserved_at=req.reserved_at,
-        )
+    async def _reply(self, run: Execution, chunk: TokenChunk) -> None:
+        delivery = await self.producer.send(run.req.reply_topic, chunk.encode(),
+                                            key=run.req.request_id.encode())
+        if chunk.final:
+            await delivery  # the offset is committed only once the answer is on the broker
+
+    async def _record(self, run: Execution) -> None:
+        """Publish the request's usage, and wait until the broker has it."""
+        event = run.usage()
         delivery = await self.producer.send(topics.USAGE, event.encode(),
-                                            key=(req.key_id or "anonymous").encode())
+                                            key=(event.key_id or "anonymous").encode())
         await delivery
 
 
