@@ -77,8 +77,8 @@ class ReplyRouter:
         self._open: Counter[str] = Counter()
         self._retired: dict[str, float] = {}  # topic -> when it stopped taking requests
         self._next: dict[TopicPartition, int] = {}  # the position in each reply topic
-        # The next topic, made ready off the reply path (its metadata alone costs the
-        # consumer 100 ms); read from, and named by requests, once this one is full.
+        # The next topic, made ready off the reply path (fetching its metadata is slow);
+        # read from, and named by requests, once this one is full.
         self._upcoming: asyncio.Task[tuple[TopicPartition, int]] | None = None
         self._chores: set[asyncio.Task[None]] = set()
 

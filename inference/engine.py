@@ -28,8 +28,8 @@ def _on_cpu() -> bool:
 
 
 def cpu_dtype() -> str:
-    """bf16 where the CPU computes it natively; elsewhere (AVX2 only) it is emulated and
-    measured 4.5x slower than float32 here, so float32."""
+    """bf16 where the CPU computes it natively; elsewhere (AVX2 only) it is emulated, far
+    slower than float32."""
     try:
         flags = Path("/proc/cpuinfo").read_text()
     except OSError:

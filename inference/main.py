@@ -20,11 +20,11 @@ async def serve(settings: Settings) -> None:
         loop.add_signal_handler(sig, stop.set)
     engine = Engine.start(settings)
     # On a CPU the model runner owns its cores; the Kafka loop and output processing of
-    # this process stay off them (measured: +8 ms TTFT and -6% throughput otherwise).
+    # this process stay off them (sharing them cost TTFT and throughput).
     if settings.pin_frontend and (free := engine.reserved_cpus()):
         os.sched_setaffinity(0, free)
     # What is loaded by now lives as long as the process: keep the collector off it, as
-    # vLLM's own server does (a full collection here took 270-430 ms, all streams held).
+    # vLLM's own server does (a full collection holds every stream up).
     gc.collect()
     gc.freeze()
     try:

@@ -37,7 +37,7 @@ class Settings(SluiceSettings):
         default=None, description="KV cache block size; unset: vLLM's, or 16 on AMX CPUs.")
     gpu_memory_utilization: float = 0.9
     # vLLM's own statistics (its periodic throughput log line); Sluice's metrics come from
-    # its events. The engine keeps them on every step, which cost ~1 ms per token here.
+    # its events, and the engine would keep these on every step.
     engine_log_stats: bool = False
 
     pin_frontend: bool = True

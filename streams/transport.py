@@ -67,8 +67,8 @@ class _Consumer(driver.Consumer):  # type: ignore[misc]
 
     async def _drain_messages(self, fetcher: Any) -> None:
         """Faust's fetch loop, racing each fetched batch against a flow stop instead of
-        each message: mode's `wait_first` costs about 0.1 ms, which held every agent to a
-        few thousand events per second. A batch cut short by a rebalance is dropped, as
+        each message (mode's `wait_first` per message held every agent to a few thousand
+        events per second). A batch cut short by a rebalance is dropped, as
         Faust drops the one message it cuts short; the rebalance seeks back anyway.
 
         It also holds the streams' messages back until a rebalance has ended. At the end
