@@ -314,8 +314,8 @@ class LeaseRequested(Event):
     returned_tokens: int = Field(default=0, ge=0)
     returned_at: float = Field(default=0.0, description="When the returned part was granted.")
     urgent: bool = Field(default=False, description=(
-        "A request waits on this grant (not a fetch ahead of need): the limiter reads lease "
-        "requests at its shortest fetch wait while such come in."))
+        "A request waits on this grant (not a fetch ahead of need); where the broker's "
+        "profile paces the limiter, it polls fastest while such come in."))
     limits: Limits
     budgets: Budgets = Budgets()
 
