@@ -25,8 +25,9 @@ from gateway.keys import KeyStore
 from gateway.leases import Admitted, LeaseBook
 from gateway.outcomes import Outcomes
 from gateway.prices import PriceBook
-from gateway.replies import Pending, ReplyRouter, Transcript
+from gateway.replies import Pending, ReplyRouter
 from gateway.settings import Settings
+from gateway.transcript import Transcript
 from gateway.workers import WorkerRegistry
 from schemas import topics
 from schemas.events import (
