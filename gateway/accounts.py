@@ -16,7 +16,7 @@ from starlette.responses import JSONResponse, Response
 from gateway.admin import experiment
 from gateway.auth import authenticate
 from gateway.exceptions import Forbidden, InvalidRequest, ServiceUnavailable
-from gateway.relay import GatewayState, state
+from gateway.state import GatewayState, state
 
 PERIODS = ("day", "month")
 

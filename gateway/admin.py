@@ -18,7 +18,7 @@ from gateway import protocol
 from gateway.auth import require_admin
 from gateway.exceptions import Conflict, InvalidRequest, NotFound
 from gateway.keys import hash_secret, new_secret, tenant_key
-from gateway.relay import GatewayState, state
+from gateway.state import GatewayState, state
 from schemas import topics
 from schemas.admin import (
     ExperimentCreate,

@@ -25,9 +25,9 @@ from gateway.middleware.body_limit import BodyLimitMiddleware
 from gateway.middleware.request_id import RequestIdMiddleware
 from gateway.outcomes import Outcomes
 from gateway.prices import PriceBook
-from gateway.relay import GatewayState
 from gateway.replies import ReplyRouter
 from gateway.settings import Settings
+from gateway.state import GatewayState
 from gateway.workers import WorkerRegistry
 from schemas import topics
 from schemas.tiers import effective_limits

@@ -12,8 +12,9 @@ from starlette.responses import Response
 
 from gateway import protocol
 from gateway.auth import authenticate
+from gateway.calls import Call, check_model
 from gateway.keys import Principal
-from gateway.relay import Call, check_model, state
+from gateway.state import state
 from gateway.streaming import sse
 from schemas.events import ChoiceDelta, InferenceRequested
 from schemas.openai import (

@@ -22,8 +22,8 @@ from starlette.routing import Route
 from gateway.auth import authenticate, require_admin
 from gateway.exceptions import ServiceUnavailable
 from gateway.keys import Principal
-from gateway.relay import state
 from gateway.settings import Settings
+from gateway.state import state
 
 log = logging.getLogger("sluice.gateway.reporting")
 

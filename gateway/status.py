@@ -9,7 +9,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from gateway.auth import authenticate
-from gateway.relay import state
+from gateway.state import state
 from schemas.openai import ModelCard, ModelList
 
 

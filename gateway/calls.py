@@ -10,25 +10,16 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable
-from dataclasses import dataclass
 from typing import TypeVar
 
-import httpx
-from aiokafka import AIOKafkaProducer
 from starlette.requests import Request
 
-from gateway.admission import Admission, Ticket
-from gateway.auth import IpLimiter
+from gateway.admission import Ticket
 from gateway.exceptions import GatewayTimeout, ModelNotFound, UpstreamError
-from gateway.experiments import ExperimentBook
-from gateway.keys import KeyStore
-from gateway.leases import Admitted, LeaseBook
-from gateway.outcomes import Outcomes
-from gateway.prices import PriceBook
-from gateway.replies import Pending, ReplyRouter
-from gateway.settings import Settings
+from gateway.leases import Admitted
+from gateway.replies import Pending
+from gateway.state import GatewayState
 from gateway.transcript import Transcript
-from gateway.workers import WorkerRegistry
 from schemas import topics
 from schemas.events import (
     ChoiceDelta,
@@ -39,28 +30,6 @@ from schemas.events import (
 )
 
 T = TypeVar("T")
-
-
-@dataclass
-class GatewayState:
-    """Everything the routes share, built in the app's lifespan."""
-
-    settings: Settings
-    producer: AIOKafkaProducer
-    replies: ReplyRouter
-    registry: WorkerRegistry
-    admission: Admission
-    outcomes: Outcomes
-    keys: KeyStore
-    ips: IpLimiter
-    leases: LeaseBook
-    experiments: ExperimentBook
-    prices: PriceBook
-    streams: httpx.AsyncClient
-
-
-def state(request: Request) -> GatewayState:
-    return request.app.state.gateway  # type: ignore[no-any-return]
 
 
 def check_model(st: GatewayState, model: str) -> None:
