@@ -14,8 +14,8 @@ from starlette.middleware import Middleware
 from starlette.routing import Route
 
 from gateway import accounts, admin, bus, completions, dashboard, errors, reporting, status
-from gateway.admission import Admission
 from gateway.auth import IpLimiter
+from gateway.capacity import Capacity
 from gateway.exceptions import GatewayError
 from gateway.experiments import ExperimentBook
 from gateway.keys import KeyStore, Principal
@@ -67,9 +67,9 @@ def create_app(settings: Settings | None = None) -> Starlette:
             producer=producer,
             replies=replies,
             registry=registry,
-            admission=Admission(registry, timeout=settings.admission_timeout,
-                                queue_factor=settings.queue_factor,
-                                fixed_limit=settings.max_in_flight_per_model),
+            capacity=Capacity(registry, timeout=settings.admission_timeout,
+                              queue_factor=settings.queue_factor,
+                              fixed_limit=settings.max_in_flight_per_model),
             outcomes=outcomes,
             keys=keys,
             ips=IpLimiter(settings.unauthenticated_per_minute, settings.unauthenticated_burst,

@@ -1,6 +1,6 @@
 """One request's round trip: admitted, sent to Kafka, answered from the reply topic.
 
-A `Call` owns what a request holds while it runs (its admission slot, its reply queue)
+A `Call` owns what a request holds while it runs (its slot of the model's capacity, its reply queue)
 and reports how it ended exactly once, whether it finished, failed, timed out or lost
 its client halfway through a stream.
 """
@@ -14,7 +14,7 @@ from typing import TypeVar
 
 from starlette.requests import Request
 
-from gateway.admission import Ticket
+from gateway.capacity import Slot
 from gateway.exceptions import GatewayTimeout, ModelNotFound, UpstreamError
 from gateway.leases import Admitted
 from gateway.replies import Pending
@@ -55,7 +55,7 @@ class Call:
         self.started = request.state.started
         self.transcript = Transcript(st.settings.failover_after_s)
         self.first_token_at: float | None = None
-        self._ticket: Ticket | None = None
+        self._slot: Slot | None = None
         self._pending: Pending | None = None
         self._deadline = time.monotonic() + st.settings.request_timeout
         self._done = False
@@ -65,9 +65,9 @@ class Call:
         return self.event.request_id
 
     async def start(self) -> None:
-        """Admit the request and send it to the workers of its model."""
+        """Take a slot of the model's capacity and send the request to its workers."""
         st = self.st
-        self._ticket = await st.admission.admit(self.event.model)
+        self._slot = await st.capacity.acquire(self.event.model)
         st.outcomes.metrics.in_flight.labels(self.event.model).inc()
         self._pending = st.replies.open(self.request_id)
         self.event = self._pending.readdress(self.event)  # it may have moved on meanwhile
@@ -146,8 +146,8 @@ class Call:
         st = self.st
         self.admitted.release()
         st.replies.close(self.request_id)
-        if self._ticket is not None:
-            self._ticket.release()
+        if self._slot is not None:
+            self._slot.release()
             st.outcomes.metrics.in_flight.labels(self.event.model).dec()
         if disconnected or failed or self.transcript.usage is not None:
             self._report(499 if disconnected else 500 if failed else 200)

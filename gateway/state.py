@@ -8,8 +8,8 @@ import httpx
 from aiokafka import AIOKafkaProducer
 from starlette.requests import Request
 
-from gateway.admission import Admission
 from gateway.auth import IpLimiter
+from gateway.capacity import Capacity
 from gateway.experiments import ExperimentBook
 from gateway.keys import KeyStore
 from gateway.leases import LeaseBook
@@ -28,7 +28,7 @@ class GatewayState:
     producer: AIOKafkaProducer
     replies: ReplyRouter
     registry: WorkerRegistry
-    admission: Admission
+    capacity: Capacity
     outcomes: Outcomes
     keys: KeyStore
     ips: IpLimiter
