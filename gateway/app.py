@@ -13,7 +13,7 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.routing import Route
 
-from gateway import accounts, admin, bus, completions, dashboard, errors, reporting, status
+from gateway import accounts, admin, bus, chat, completions, dashboard, errors, reporting, status
 from gateway.auth import IpLimiter
 from gateway.capacity import Capacity
 from gateway.exceptions import GatewayError
@@ -102,8 +102,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
 
     return Starlette(
         routes=[
-            Route(completions.CHAT, completions.chat_completions, methods=["POST"]),
-            Route(completions.COMPLETIONS, completions.completions, methods=["POST"]),
+            *chat.routes,
+            *completions.routes,
             Route("/v1/models", status.models, methods=["GET"]),
             Route("/v1/rate-limit", accounts.rate_limit, methods=["GET"]),
             Route("/v1/usage", accounts.usage, methods=["GET"]),
