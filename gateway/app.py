@@ -11,9 +11,19 @@ import httpx
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
-from starlette.routing import Route
 
-from gateway import accounts, admin, bus, chat, completions, dashboard, errors, reporting, status
+from gateway import (
+    accounts,
+    admin,
+    bus,
+    chat,
+    completions,
+    dashboard,
+    errors,
+    models,
+    reporting,
+    status,
+)
 from gateway.auth import IpLimiter
 from gateway.capacity import Capacity
 from gateway.exceptions import GatewayError
@@ -104,32 +114,12 @@ def create_app(settings: Settings | None = None) -> Starlette:
         routes=[
             *chat.routes,
             *completions.routes,
-            Route("/v1/models", status.models, methods=["GET"]),
-            Route("/v1/rate-limit", accounts.rate_limit, methods=["GET"]),
-            Route("/v1/usage", accounts.usage, methods=["GET"]),
-            Route("/v1/ab-tests/{experiment_id}", accounts.ab_test, methods=["GET"]),
-            Route("/v1/admin/tenants", admin.create_tenant, methods=["POST"]),
-            Route("/v1/admin/tenants", admin.list_tenants, methods=["GET"]),
-            Route("/v1/admin/tenants/{tenant}", admin.get_tenant, methods=["GET"]),
-            Route("/v1/admin/tenants/{tenant}", admin.update_tenant, methods=["PATCH"]),
-            Route("/v1/admin/tenants/{tenant}", admin.disable_tenant, methods=["DELETE"]),
-            Route("/v1/admin/keys", admin.create_key, methods=["POST"]),
-            Route("/v1/admin/keys", admin.list_keys, methods=["GET"]),
-            Route("/v1/admin/keys/{key_id}", admin.get_key, methods=["GET"]),
-            Route("/v1/admin/keys/{key_id}", admin.update_key, methods=["PATCH"]),
-            Route("/v1/admin/keys/{key_id}", admin.revoke_key, methods=["DELETE"]),
-            Route("/v1/admin/prices", admin.list_prices, methods=["GET"]),
-            Route("/v1/admin/prices/{model}", admin.set_price, methods=["PUT"]),
-            Route("/v1/admin/ab-tests", admin.create_experiment, methods=["POST"]),
-            Route("/v1/admin/ab-tests", admin.list_experiments, methods=["GET"]),
-            Route("/v1/admin/ab-tests/{experiment_id}", accounts.ab_test, methods=["GET"]),
-            Route("/v1/admin/ab-tests/{experiment_id}/stop", admin.stop_experiment,
-                  methods=["POST"]),
-            *reporting.routes(),
-            *dashboard.routes(),
-            Route("/health", status.health, methods=["GET"]),
-            Route("/ready", status.ready, methods=["GET"]),
-            Route("/metrics", status.metrics, methods=["GET"]),
+            *models.routes,
+            *accounts.routes,
+            *admin.routes,
+            *reporting.routes,
+            *dashboard.routes,
+            *status.routes,
         ],
         middleware=[
             Middleware(RequestIdMiddleware),
