@@ -1,8 +1,8 @@
 """One request's round trip: admitted, sent to Kafka, answered from the reply topic.
 
-A `Call` owns what a request holds while it runs (its slot of the model's capacity, its reply queue)
-and reports how it ended exactly once, whether it finished, failed, timed out or lost
-its client halfway through a stream.
+A `Call` owns what a request holds while it runs (its slot of the model's capacity, its
+reply queue) and reports how it ended exactly once, whether it finished, failed, timed
+out or lost its client halfway through a stream.
 """
 
 from __future__ import annotations
