@@ -19,7 +19,7 @@ from schemas.events import AnyEvent, InferenceRequested, LeaseRequested, TokenCh
 if TYPE_CHECKING:
     from broker.clients import Broker
 
-log = logging.getLogger("sluice.gateway.replies")
+log = logging.getLogger("sluice.broker.replies")
 
 E = TypeVar("E", InferenceRequested, LeaseRequested)
 

@@ -12,11 +12,12 @@ from typing import Any
 import httpx
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
 
 from gateway.admin import experiment
 from gateway.auth import authenticate
 from gateway.exceptions import Forbidden, InvalidRequest, ServiceUnavailable
-from gateway.relay import GatewayState, state
+from gateway.state import GatewayState, state
 
 PERIODS = ("day", "month")
 
@@ -93,3 +94,13 @@ async def ab_test(request: Request) -> Response:
     return JSONResponse({**e.model_dump(mode="json", exclude={"event_id", "event_type", "ts",
                                                                "schema_version"}),
                          **{k: v for k, v in readout.items() if k != "experiment_id"}})
+
+
+routes = [
+    Route("/v1/rate-limit", rate_limit, methods=["GET"]),
+    Route("/v1/usage", usage, methods=["GET"]),
+    Route("/v1/ab-tests/{experiment_id}", ab_test, methods=["GET"]),
+    # Also under the admin's paths, where the dashboard reads it; listed here rather than
+    # in admin.py because this module imports admin.py.
+    Route("/v1/admin/ab-tests/{experiment_id}", ab_test, methods=["GET"]),
+]

@@ -13,12 +13,13 @@ from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
 
 from gateway import protocol
 from gateway.auth import require_admin
 from gateway.exceptions import Conflict, InvalidRequest, NotFound
 from gateway.keys import hash_secret, new_secret, tenant_key
-from gateway.relay import GatewayState, state
+from gateway.state import GatewayState, state
 from schemas import topics
 from schemas.admin import (
     ExperimentCreate,
@@ -287,3 +288,22 @@ async def stop_experiment(request: Request) -> Response:
     await _publish(st, topics.EXPERIMENTS, e.experiment_id.encode(), stopped)
     st.experiments.apply(stopped)
     return _json(_experiment_view(stopped))
+
+
+routes = [
+    Route("/v1/admin/tenants", create_tenant, methods=["POST"]),
+    Route("/v1/admin/tenants", list_tenants, methods=["GET"]),
+    Route("/v1/admin/tenants/{tenant}", get_tenant, methods=["GET"]),
+    Route("/v1/admin/tenants/{tenant}", update_tenant, methods=["PATCH"]),
+    Route("/v1/admin/tenants/{tenant}", disable_tenant, methods=["DELETE"]),
+    Route("/v1/admin/keys", create_key, methods=["POST"]),
+    Route("/v1/admin/keys", list_keys, methods=["GET"]),
+    Route("/v1/admin/keys/{key_id}", get_key, methods=["GET"]),
+    Route("/v1/admin/keys/{key_id}", update_key, methods=["PATCH"]),
+    Route("/v1/admin/keys/{key_id}", revoke_key, methods=["DELETE"]),
+    Route("/v1/admin/prices", list_prices, methods=["GET"]),
+    Route("/v1/admin/prices/{model}", set_price, methods=["PUT"]),
+    Route("/v1/admin/ab-tests", create_experiment, methods=["POST"]),
+    Route("/v1/admin/ab-tests", list_experiments, methods=["GET"]),
+    Route("/v1/admin/ab-tests/{experiment_id}/stop", stop_experiment, methods=["POST"]),
+]

@@ -11,12 +11,21 @@ import httpx
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
-from starlette.routing import Route
 
 from broker import Broker
-from gateway import accounts, admin, completions, dashboard, errors, reporting, status
-from gateway.admission import Admission
+from gateway import (
+    accounts,
+    admin,
+    chat,
+    completions,
+    dashboard,
+    errors,
+    models,
+    reporting,
+    status,
+)
 from gateway.auth import IpLimiter
+from gateway.capacity import Capacity
 from gateway.exceptions import GatewayError
 from gateway.experiments import ExperimentBook
 from gateway.keys import KeyStore, Principal
@@ -26,8 +35,8 @@ from gateway.middleware.body_limit import BodyLimitMiddleware
 from gateway.middleware.request_id import RequestIdMiddleware
 from gateway.outcomes import Outcomes
 from gateway.prices import PriceBook
-from gateway.relay import GatewayState
 from gateway.settings import Settings
+from gateway.state import GatewayState
 from gateway.workers import WorkerRegistry
 from schemas import topics
 from schemas.tiers import effective_limits
@@ -66,9 +75,9 @@ def create_app(settings: Settings | None = None) -> Starlette:
             producer=producer,
             replies=replies,
             registry=registry,
-            admission=Admission(registry, timeout=settings.admission_timeout,
-                                queue_factor=settings.queue_factor,
-                                fixed_limit=settings.max_in_flight_per_model),
+            capacity=Capacity(registry, timeout=settings.admission_timeout,
+                              queue_factor=settings.queue_factor,
+                              fixed_limit=settings.max_in_flight_per_model),
             outcomes=outcomes,
             keys=keys,
             ips=IpLimiter(settings.unauthenticated_per_minute, settings.unauthenticated_burst,
@@ -101,34 +110,14 @@ def create_app(settings: Settings | None = None) -> Starlette:
 
     return Starlette(
         routes=[
-            Route(completions.CHAT, completions.chat_completions, methods=["POST"]),
-            Route(completions.COMPLETIONS, completions.completions, methods=["POST"]),
-            Route("/v1/models", status.models, methods=["GET"]),
-            Route("/v1/rate-limit", accounts.rate_limit, methods=["GET"]),
-            Route("/v1/usage", accounts.usage, methods=["GET"]),
-            Route("/v1/ab-tests/{experiment_id}", accounts.ab_test, methods=["GET"]),
-            Route("/v1/admin/tenants", admin.create_tenant, methods=["POST"]),
-            Route("/v1/admin/tenants", admin.list_tenants, methods=["GET"]),
-            Route("/v1/admin/tenants/{tenant}", admin.get_tenant, methods=["GET"]),
-            Route("/v1/admin/tenants/{tenant}", admin.update_tenant, methods=["PATCH"]),
-            Route("/v1/admin/tenants/{tenant}", admin.disable_tenant, methods=["DELETE"]),
-            Route("/v1/admin/keys", admin.create_key, methods=["POST"]),
-            Route("/v1/admin/keys", admin.list_keys, methods=["GET"]),
-            Route("/v1/admin/keys/{key_id}", admin.get_key, methods=["GET"]),
-            Route("/v1/admin/keys/{key_id}", admin.update_key, methods=["PATCH"]),
-            Route("/v1/admin/keys/{key_id}", admin.revoke_key, methods=["DELETE"]),
-            Route("/v1/admin/prices", admin.list_prices, methods=["GET"]),
-            Route("/v1/admin/prices/{model}", admin.set_price, methods=["PUT"]),
-            Route("/v1/admin/ab-tests", admin.create_experiment, methods=["POST"]),
-            Route("/v1/admin/ab-tests", admin.list_experiments, methods=["GET"]),
-            Route("/v1/admin/ab-tests/{experiment_id}", accounts.ab_test, methods=["GET"]),
-            Route("/v1/admin/ab-tests/{experiment_id}/stop", admin.stop_experiment,
-                  methods=["POST"]),
-            *reporting.routes(),
-            *dashboard.routes(),
-            Route("/health", status.health, methods=["GET"]),
-            Route("/ready", status.ready, methods=["GET"]),
-            Route("/metrics", status.metrics, methods=["GET"]),
+            *chat.routes,
+            *completions.routes,
+            *models.routes,
+            *accounts.routes,
+            *admin.routes,
+            *reporting.routes,
+            *dashboard.routes,
+            *status.routes,
         ],
         middleware=[
             Middleware(RequestIdMiddleware),

@@ -8,15 +8,12 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
-from gateway.completions import CHAT, COMPLETIONS
 from gateway.exceptions import GatewayError
 from gateway.outcomes import elapsed_ms
 from schemas.events import RequestRejected
 from schemas.openai import SERVER_ERROR, ErrorBody, ErrorResponse, routing_error
 
 log = logging.getLogger("sluice.gateway")
-
-INFERENCE_PATHS = {CHAT, COMPLETIONS}
 
 
 def render(status: int, body: ErrorBody, headers: dict[str, str] | None = None) -> Response:
@@ -27,13 +24,14 @@ def render(status: int, body: ErrorBody, headers: dict[str, str] | None = None) 
 async def gateway_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, GatewayError)
     headers = exc.headers
-    if request.url.path in INFERENCE_PATHS:
+    endpoint = getattr(request.state, "endpoint", None)  # set by `serving.endpoint`
+    if endpoint is not None:
         st = request.app.state.gateway
         principal = getattr(request.state, "principal", None)
         route = getattr(request.state, "route", None)
         st.outcomes.rejected(RequestRejected(
             request_id=request.state.request_id,
-            endpoint=request.url.path,
+            endpoint=endpoint,
             model=route.model if route else None,
             key_id=principal.key_id if principal else None,
             tenant=principal.tenant if principal else None,

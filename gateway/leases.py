@@ -63,6 +63,45 @@ class Lease:
         return self.rate > 0 and now - self.last_admit <= RENEW_WITHIN_GAPS / self.rate
 
 
+@dataclass(frozen=True)
+class Ask:
+    """How much to ask the limiter for, and what of an expired lease to hand back."""
+
+    requests: int
+    tokens: int
+    tokens_min: int  # the least grant that still serves the request that asks
+    slots: int
+    returned_requests: int = 0
+    returned_tokens: int = 0
+    returned_at: float = 0.0  # when what is handed back was granted
+
+    @property
+    def hands_back(self) -> bool:
+        return bool(self.returned_requests or self.returned_tokens)
+
+
+def what_to_ask(lease: Lease, tokens: int, now: float, *, lease_ttl: float,
+                max_requests: int) -> Ask:
+    """What `lease` needs to serve a request of `tokens` at `now` and, when it is out of
+    requests, as many as the key's recent rate expects within a lease's life (at least
+    one, at most `max_requests`). An expired lease keeps nothing: what it had goes back."""
+    expired = now >= lease.expires_at
+    kept_requests, kept_tokens = (0, 0) if expired else (lease.requests, lease.tokens)
+    wanted = max(1, min(max_requests, math.ceil(lease.rate * lease_ttl)))
+    requests = wanted if kept_requests < 1 else 0
+    # Tokens for every request the lease is to serve, at this one's size: topped up for
+    # one request at a time, a lease whose requests grew would send each of them on a
+    # round trip of its own.
+    serves = requests or kept_requests
+    need_tokens = max(0, tokens * max(1, serves) - kept_tokens)
+    returned = (lease.requests, lease.tokens) if expired else (0, 0)
+    return Ask(requests=requests, tokens=need_tokens,
+               tokens_min=max(0, tokens - kept_tokens) if need_tokens else 0,
+               slots=1 if lease.in_use >= lease.slots else 0,
+               returned_requests=returned[0], returned_tokens=returned[1],
+               returned_at=lease.granted_at if any(returned) else 0.0)
+
+
 def _duration(seconds: float) -> str:
     """OpenAI's reset format: `1s`, `6m0s`, `0.25s`."""
     seconds = max(0.0, seconds)
@@ -240,26 +279,16 @@ class LeaseBook:
 
     async def _ask(self, principal: Principal, lease: Lease, tokens: int, *,
                    urgent: bool) -> None:
-        now = time.time()
-        expired = now >= lease.expires_at
-        wanted = max(1, min(self._max_requests, math.ceil(lease.rate * self._lease_ttl)))
-        returned_requests = lease.requests if expired else 0
-        returned_tokens = lease.tokens if expired else 0
-        if expired:
+        ask = what_to_ask(lease, tokens, time.time(), lease_ttl=self._lease_ttl,
+                          max_requests=self._max_requests)
+        if ask.hands_back:  # what the expired lease had goes back with this request
             lease.requests = lease.tokens = 0
-        need_requests = wanted if lease.requests < 1 else 0
-        # Tokens for every request the lease is to serve, at this one's size: topped up for
-        # one request at a time, a lease whose requests grew would send each of them on a
-        # round trip of its own.
-        serves = need_requests or lease.requests
-        need_tokens = max(0, tokens * max(1, serves) - lease.tokens)
         req = LeaseRequested(
             key_id=principal.key_id, tenant=principal.tenant, gateway_id=self._gateway_id,
-            reply_topic=self._replies.topic, requests=need_requests, tokens=need_tokens,
-            tokens_min=max(0, tokens - lease.tokens) if need_tokens else 0,
-            slots=1 if lease.in_use >= lease.slots else 0, held_slots=lease.slots,
-            returned_requests=returned_requests, returned_tokens=returned_tokens,
-            returned_at=lease.granted_at if (returned_requests or returned_tokens) else 0.0,
+            reply_topic=self._replies.topic, requests=ask.requests, tokens=ask.tokens,
+            tokens_min=ask.tokens_min, slots=ask.slots, held_slots=lease.slots,
+            returned_requests=ask.returned_requests, returned_tokens=ask.returned_tokens,
+            returned_at=ask.returned_at,
             urgent=urgent, limits=principal.limits, budgets=principal.budgets)
         grant = await self._round_trip(req)
         lease.snapshot = grant.snapshot

@@ -22,8 +22,8 @@ from starlette.routing import Route
 from gateway.auth import authenticate, require_admin
 from gateway.exceptions import ServiceUnavailable
 from gateway.keys import Principal
-from gateway.relay import state
 from gateway.settings import Settings
+from gateway.state import state
 
 log = logging.getLogger("sluice.gateway.reporting")
 
@@ -99,13 +99,12 @@ async def forward(request: Request) -> Response:
                              headers=passed, background=BackgroundTask(upstream.aclose))
 
 
-def routes() -> list[Route]:
-    return [
-        Route("/v1/usage/export", forward, methods=["GET"]),
-        Route("/v1/analytics", forward, methods=["GET"]),
-        Route("/v1/admin/usage/export", forward, methods=["GET"]),
-        Route("/v1/admin/analytics", forward, methods=["GET"]),
-        Route("/v1/admin/analytics/tenants", forward, methods=["GET"]),
-        Route("/v1/admin/analytics/sink", forward, methods=["GET"]),
-        Route("/v1/admin/sql", forward, methods=["POST"]),
-    ]
+routes = [
+    Route("/v1/usage/export", forward, methods=["GET"]),
+    Route("/v1/analytics", forward, methods=["GET"]),
+    Route("/v1/admin/usage/export", forward, methods=["GET"]),
+    Route("/v1/admin/analytics", forward, methods=["GET"]),
+    Route("/v1/admin/analytics/tenants", forward, methods=["GET"]),
+    Route("/v1/admin/analytics/sink", forward, methods=["GET"]),
+    Route("/v1/admin/sql", forward, methods=["POST"]),
+]

@@ -25,7 +25,7 @@ class Settings(SluiceSettings):
     max_body_bytes: int = 2 * 1024 * 1024
     max_n: int = 16
     queue_factor: float = Field(
-        default=2.0, description="Requests admitted per model, as a multiple of live capacity."
+        default=2.0, description="Requests in flight per model, as a multiple of live capacity."
     )
     max_in_flight_per_model: int | None = None
     failover_after_s: float = 2.0

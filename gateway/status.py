@@ -1,4 +1,4 @@
-"""`/health`, `/ready`, `/metrics` and `/v1/models`: what the gateway knows about itself."""
+"""`/health`, `/ready` and `/metrics`: what the gateway knows about itself."""
 
 from __future__ import annotations
 
@@ -7,10 +7,9 @@ import asyncio
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
 
-from gateway.auth import authenticate
-from gateway.relay import state
-from schemas.openai import ModelCard, ModelList
+from gateway.state import state
 
 
 async def health(request: Request) -> Response:
@@ -42,12 +41,8 @@ async def metrics(request: Request) -> Response:
     return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
 
-async def models(request: Request) -> Response:
-    """Models with at least one live worker, from the workers' heartbeats."""
-    st = state(request)
-    authenticate(request, st.keys, st.ips)
-    served = st.registry.served()
-    body = ModelList(data=[
-        ModelCard(id=m.name, created=m.since, max_model_len=m.max_model_len) for m in served
-    ])
-    return Response(body.model_dump_json(), media_type="application/json")
+routes = [
+    Route("/health", health, methods=["GET"]),
+    Route("/ready", ready, methods=["GET"]),
+    Route("/metrics", metrics, methods=["GET"]),
+]

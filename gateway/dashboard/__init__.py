@@ -35,8 +35,7 @@ async def page(request: Request) -> Response:
     return FileResponse(STATIC / "index.html", media_type="text/html", headers=HEADERS)
 
 
-def routes() -> list[BaseRoute]:
-    return [
-        Route("/dashboard", page, methods=["GET"]),
-        Mount("/dashboard/static", StaticFiles(directory=STATIC), name="dashboard"),
-    ]
+routes: list[BaseRoute] = [
+    Route("/dashboard", page, methods=["GET"]),
+    Mount("/dashboard/static", StaticFiles(directory=STATIC), name="dashboard"),
+]

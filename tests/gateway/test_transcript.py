@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from gateway.replies import Transcript
+from gateway.transcript import Transcript
 from schemas.events import ChoiceDelta, TokenChunk, TokenUsage
 
 

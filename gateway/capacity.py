@@ -1,9 +1,9 @@
-"""Admission: a request enters only if a live worker serves its model and a slot is free.
+"""Per-model capacity: a request runs only if a live worker serves its model and a slot is free.
 
-Each gateway admits up to `queue_factor` times the live capacity of a model (the sum of
-its workers' batch sizes), so the engines stay full while queues stay bounded. A request
-that cannot get a slot within `admission_timeout` is turned away with a 503 rather than
-left to wait without limit.
+Each gateway runs up to `queue_factor` times the live capacity of a model (the sum of
+its workers' batch sizes) at once, so the engines stay full while queues stay bounded. A
+request that cannot get a slot within `admission_timeout` is turned away with a 503
+rather than left to wait without limit.
 """
 
 from __future__ import annotations
@@ -15,21 +15,23 @@ from gateway.exceptions import ServiceUnavailable
 from gateway.workers import WorkerRegistry
 
 
-class Ticket:
+class Slot:
     """A held slot; releasing it twice is harmless."""
 
-    def __init__(self, admission: Admission, model: str) -> None:
-        self._admission = admission
+    def __init__(self, capacity: Capacity, model: str) -> None:
+        self._capacity = capacity
         self.model = model
         self._held = True
 
     def release(self) -> None:
         if self._held:
             self._held = False
-            self._admission._release(self.model)
+            self._capacity._release(self.model)
 
 
-class Admission:
+class Capacity:
+    """Slots for each model's requests in flight on this gateway."""
+
     def __init__(
         self,
         registry: WorkerRegistry,
@@ -50,7 +52,8 @@ class Admission:
             return self._fixed_limit
         return max(1, int(self._registry.capacity(model) * self._queue_factor))
 
-    async def admit(self, model: str) -> Ticket:
+    async def acquire(self, model: str) -> Slot:
+        """A slot for a request to `model`, waiting up to the timeout for one to free up."""
         if not self._registry.live(model):
             raise ServiceUnavailable(
                 f"No worker is serving '{model}' right now. Please retry shortly.",
@@ -58,7 +61,7 @@ class Admission:
             )
         if self.in_flight[model] < self.limit(model) and not self._waiters[model]:
             self.in_flight[model] += 1
-            return Ticket(self, model)
+            return Slot(self, model)
         # Wait in line; `_release` hands the slot over already counted.
         waiter = asyncio.get_running_loop().create_future()
         self._waiters[model].append(waiter)
@@ -77,7 +80,7 @@ class Admission:
         finally:
             if waiter in self._waiters[model]:
                 self._waiters[model].remove(waiter)
-        return Ticket(self, model)
+        return Slot(self, model)
 
     def _release(self, model: str) -> None:
         self.in_flight[model] -= 1

@@ -1,4 +1,8 @@
-"""A request's answer as the client sees it, from the token chunks its workers send."""
+"""A request's answer as the client sees it, made whole from its token chunks.
+
+If a worker dies its request runs again elsewhere from the start; the transcript skips
+the characters the client already has.
+"""
 
 from __future__ import annotations
 

@@ -1,8 +1,8 @@
 """One request's round trip: admitted, sent to Kafka, answered from the reply topic.
 
-A `Call` owns what a request holds while it runs (its admission slot, its reply queue)
-and reports how it ended exactly once, whether it finished, failed, timed out or lost
-its client halfway through a stream.
+A `Call` owns what a request holds while it runs (its slot of the model's capacity, its
+reply queue) and reports how it ended exactly once, whether it finished, failed, timed
+out or lost its client halfway through a stream.
 """
 
 from __future__ import annotations
@@ -10,25 +10,16 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable
-from dataclasses import dataclass
 from typing import TypeVar
 
-import httpx
-from aiokafka import AIOKafkaProducer
 from starlette.requests import Request
 
-from broker.replies import Pending, ReplyRouter
-from gateway.admission import Admission, Ticket
-from gateway.auth import IpLimiter
+from broker.replies import Pending
+from gateway.capacity import Slot
 from gateway.exceptions import GatewayTimeout, ModelNotFound, UpstreamError
-from gateway.experiments import ExperimentBook
-from gateway.keys import KeyStore
-from gateway.leases import Admitted, LeaseBook
-from gateway.outcomes import Outcomes
-from gateway.prices import PriceBook
-from gateway.replies import Transcript
-from gateway.settings import Settings
-from gateway.workers import WorkerRegistry
+from gateway.leases import Admitted
+from gateway.state import GatewayState
+from gateway.transcript import Transcript
 from schemas import topics
 from schemas.events import (
     ChoiceDelta,
@@ -39,28 +30,6 @@ from schemas.events import (
 )
 
 T = TypeVar("T")
-
-
-@dataclass
-class GatewayState:
-    """Everything the routes share, built in the app's lifespan."""
-
-    settings: Settings
-    producer: AIOKafkaProducer
-    replies: ReplyRouter
-    registry: WorkerRegistry
-    admission: Admission
-    outcomes: Outcomes
-    keys: KeyStore
-    ips: IpLimiter
-    leases: LeaseBook
-    experiments: ExperimentBook
-    prices: PriceBook
-    streams: httpx.AsyncClient
-
-
-def state(request: Request) -> GatewayState:
-    return request.app.state.gateway  # type: ignore[no-any-return]
 
 
 def check_model(st: GatewayState, model: str) -> None:
@@ -86,7 +55,7 @@ class Call:
         self.started = request.state.started
         self.transcript = Transcript(st.settings.failover_after_s)
         self.first_token_at: float | None = None
-        self._ticket: Ticket | None = None
+        self._slot: Slot | None = None
         self._pending: Pending | None = None
         self._deadline = time.monotonic() + st.settings.request_timeout
         self._done = False
@@ -96,9 +65,9 @@ class Call:
         return self.event.request_id
 
     async def start(self) -> None:
-        """Admit the request and send it to the workers of its model."""
+        """Take a slot of the model's capacity and send the request to its workers."""
         st = self.st
-        self._ticket = await st.admission.admit(self.event.model)
+        self._slot = await st.capacity.acquire(self.event.model)
         st.outcomes.metrics.in_flight.labels(self.event.model).inc()
         self.event, self._pending = st.replies.open(self.request_id, self.event)
         topic = topics.inference(self.event.model, st.settings.inference_partitions).name
@@ -176,8 +145,8 @@ class Call:
         st = self.st
         self.admitted.release()
         st.replies.close(self.request_id)
-        if self._ticket is not None:
-            self._ticket.release()
+        if self._slot is not None:
+            self._slot.release()
             st.outcomes.metrics.in_flight.labels(self.event.model).dec()
         if disconnected or failed or self.transcript.usage is not None:
             self._report(499 if disconnected else 500 if failed else 200)
