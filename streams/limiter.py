@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from schemas.events import LeaseGranted, LeaseRequested, RateSnapshot
-from schemas.tiers import Limits
+from schemas.tiers import BUDGET_NAMES, Limits
 
 MINUTE, HOUR, DAY = 60, 3600, 86400
 RECENT = 64
@@ -270,8 +270,7 @@ class Account:
                     ) -> tuple[list[tuple[str, int, int]], str | None]:
         """Soft thresholds crossed for the first time this period, and the first hard one hit."""
         crossed, blocked = [], None
-        for name in ("daily_tokens", "monthly_tokens", "daily_spend_micros",
-                     "monthly_spend_micros"):
+        for name in BUDGET_NAMES:
             budget = getattr(req.budgets, name)
             used = self.used(name, now)
             tag = f"{name}:{periods(now)[0 if name.startswith('daily') else 1]}"
