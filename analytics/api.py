@@ -1,7 +1,8 @@
 """The reporting API, served by the analytics process (Starlette on uvicorn).
 
-The gateway forwards these paths, with the caller's identity in `x-sluice-*` headers
-(see `analytics/callers.py`), so clients use one base URL and one key:
+The gateway forwards these paths (`schemas.reporting.FORWARDED`), with the caller's
+identity in `x-sluice-*` headers (see `analytics/callers.py`), so clients use one base URL
+and one key:
 
     GET  /v1/usage/export              the caller's tenant's usage, streamed
                                        (format=json|csv, from, to, group_by=day,model,key,
@@ -49,6 +50,7 @@ from analytics.exceptions import (
 from analytics.settings import Settings
 from analytics.sink import Sink
 from analytics.warehouse import Warehouse
+from schemas import reporting
 
 log = logging.getLogger("sluice.analytics")
 
@@ -77,17 +79,13 @@ def _caller(request: Request, admin_only: bool = False) -> callers.Caller:
                             admin_only=admin_only)
 
 
-def _admin_path(request: Request) -> bool:
-    return request.url.path.startswith("/v1/admin/")
-
-
 # -- handlers -------------------------------------------------------------------------------
 
 
 async def usage_export(request: Request) -> Response:
     """The usage of one tenant (or, for the admin, of any or all), streamed."""
     st = state(request)
-    caller = _caller(request, admin_only=_admin_path(request))
+    caller = _caller(request, admin_only=reporting.admin_only(request.url.path))
     scope = callers.scope(caller, request)
     query = request.query_params
     fmt = params.output_format(query)
@@ -111,7 +109,7 @@ async def summary(request: Request) -> Response:
     """Requests, errors, tokens, spend by day, top models, cache and latency; with
     `bucket=` also `series`, the same measures per minute, hour or day (for charts)."""
     st = state(request)
-    caller = _caller(request, admin_only=_admin_path(request))
+    caller = _caller(request, admin_only=reporting.admin_only(request.url.path))
     scope = callers.scope(caller, request)
     query = request.query_params
     period = params.period(query, st.settings.analytics_max_range_days)
@@ -186,6 +184,17 @@ async def ready(request: Request) -> Response:
 
 # -- the app --------------------------------------------------------------------------------
 
+# What answers each path the gateway forwards.
+HANDLERS = {
+    reporting.USAGE_EXPORT: usage_export,
+    reporting.ANALYTICS: summary,
+    reporting.ADMIN_USAGE_EXPORT: usage_export,
+    reporting.ADMIN_ANALYTICS: summary,
+    reporting.ADMIN_TENANTS: tenants,
+    reporting.ADMIN_SINK: sink_status,
+    reporting.ADMIN_SQL: admin_sql,
+}
+
 
 async def _migrate(warehouse: Warehouse) -> None:
     def apply() -> None:
@@ -246,13 +255,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
 
     return Starlette(
         routes=[
-            Route("/v1/usage/export", usage_export, methods=["GET"]),
-            Route("/v1/analytics", summary, methods=["GET"]),
-            Route("/v1/admin/usage/export", usage_export, methods=["GET"]),
-            Route("/v1/admin/analytics", summary, methods=["GET"]),
-            Route("/v1/admin/analytics/tenants", tenants, methods=["GET"]),
-            Route("/v1/admin/analytics/sink", sink_status, methods=["GET"]),
-            Route("/v1/admin/sql", admin_sql, methods=["POST"]),
+            *(Route(f.path, HANDLERS[f], methods=[f.method]) for f in reporting.FORWARDED),
             Route("/health", health, methods=["GET"]),
             Route("/ready", ready, methods=["GET"]),
         ],

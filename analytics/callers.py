@@ -19,11 +19,7 @@ from dataclasses import dataclass
 from starlette.requests import Request
 
 from analytics.exceptions import InvalidRequest, PermissionDenied, Unauthenticated
-
-TOKEN = "x-sluice-internal-token"
-TENANT = "x-sluice-tenant"
-KEY_ID = "x-sluice-key-id"
-ADMIN = "x-sluice-admin"
+from schemas.reporting import ADMIN, KEY_ID, TENANT, TOKEN
 
 
 @dataclass(frozen=True)

@@ -18,8 +18,7 @@ from rich.console import Console
 from rich.progress import DownloadColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from broker.settings import default_home
-
-EXPORT_PATH = "/v1/admin/usage/export"
+from schemas.reporting import ADMIN_USAGE_EXPORT
 
 
 class ReportFailed(Exception):
@@ -50,8 +49,8 @@ def usage(*, tenant: str | None, start: str | None, end: str | None, fmt: str,
                         TimeElapsedColumn(), console=Console(stderr=True),
                         disable=not show_progress or output is None)
     try:
-        with progress, httpx.stream("GET", base_url + EXPORT_PATH, params=query,
-                                    headers={"Authorization": f"Bearer {key}"},
+        with progress, httpx.stream(ADMIN_USAGE_EXPORT.method, base_url + ADMIN_USAGE_EXPORT.path,
+                                    params=query, headers={"Authorization": f"Bearer {key}"},
                                     timeout=httpx.Timeout(30, read=600)) as response:
             if response.status_code >= 400:
                 raise ReportFailed(_error(response))

@@ -41,6 +41,7 @@ from bench.common import broker, cpu, percentile
 from bench.report import write_section
 from schemas import topics
 from schemas.events import AnyEvent, CacheHit, LedgerEntry, RequestCompleted, UsageRecorded
+from schemas.reporting import ANALYTICS, TENANT, TOKEN, USAGE_EXPORT
 
 TARGET_EVENTS_PER_S = 20_000
 TARGET_FRESHNESS_P95_S = 2.0
@@ -178,14 +179,14 @@ def queries(settings: Settings, rows: int, runs: int) -> dict[str, Any]:
             "SELECT count() FROM rollup_hour WHERE tenant = {t:String}",
             parameters={"t": biggest}).result_rows[0][0]
     seeded_s = time.monotonic() - started
-    headers = {"x-sluice-tenant": biggest, "x-sluice-internal-token": settings.internal_token}
+    headers = {TENANT: biggest, TOKEN: settings.internal_token}
     period = {"from": str(int(time.time()) - 91 * 86400), "to": str(int(time.time()) + 60)}
     timings: dict[str, list[float]] = {"export": [], "summary": []}
     with TestClient(create_app(settings.model_copy(update={"analytics_sink": False}))) as api:
         for i in range(runs + 1):
             for name, path, params in (
-                    ("export", "/v1/usage/export", {"format": "json", "group_by": "day,model"}),
-                    ("summary", "/v1/analytics", {})):
+                    ("export", USAGE_EXPORT.path, {"format": "json", "group_by": "day,model"}),
+                    ("summary", ANALYTICS.path, {})):
                 t = time.perf_counter()
                 r = api.get(path, params={**period, **params}, headers=headers)
                 r.read()
@@ -193,7 +194,7 @@ def queries(settings: Settings, rows: int, runs: int) -> dict[str, Any]:
                 assert r.status_code == 200, r.text
                 if i:  # the first round warms the clients and the caches
                     timings[name].append(ms)
-        export_rows = len(api.get("/v1/usage/export", headers=headers,
+        export_rows = len(api.get(USAGE_EXPORT.path, headers=headers,
                                   params={**period, "group_by": "day,model"}).json()["data"])
     return {"seeded_rows": total, "seed_s": seeded_s, "tenant": biggest, "tenant_rows": count,
             "tenant_rollup_rows": rollup_rows, "export_rows": export_rows, **timings}

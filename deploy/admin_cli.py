@@ -14,7 +14,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from schemas.tiers import TIERS
+from schemas.tiers import BUDGET_LEVELS, BUDGET_NAMES, LIMIT_NAMES, TIERS
 
 
 def _home() -> Path:
@@ -56,21 +56,17 @@ def _print(data: Any) -> int:
 
 
 def _limits(args: argparse.Namespace) -> dict[str, int]:
-    names = ("requests_per_minute", "requests_per_hour", "requests_per_day",
-             "tokens_per_minute", "burst", "concurrent")
-    return {n: getattr(args, n) for n in names if getattr(args, n) is not None}
-
-
-BUDGETS = ("daily_tokens", "monthly_tokens", "daily_spend_micros", "monthly_spend_micros")
+    return {n: getattr(args, n) for n in LIMIT_NAMES if getattr(args, n) is not None}
 
 
 def _budget(value: str) -> tuple[str, str, int]:
     """`daily_tokens.hard=5000` → ("daily_tokens", "hard", 5000)."""
     name, _, amount = value.partition("=")
     budget, _, level = name.partition(".")
-    if budget not in BUDGETS or level not in ("soft", "hard") or not amount.isdigit():
+    if budget not in BUDGET_NAMES or level not in BUDGET_LEVELS or not amount.isdigit():
         raise argparse.ArgumentTypeError(
-            f"expected BUDGET.soft|hard=N with BUDGET one of {', '.join(BUDGETS)}")
+            f"expected BUDGET.{'|'.join(BUDGET_LEVELS)}=N with BUDGET one of "
+            f"{', '.join(BUDGET_NAMES)}")
     return budget, level, int(amount)
 
 
@@ -82,9 +78,8 @@ def _budgets(args: argparse.Namespace) -> dict[str, dict[str, int]]:
 
 
 def _limit_flags(p: argparse.ArgumentParser) -> None:
-    for flag in ("requests-per-minute", "requests-per-hour", "requests-per-day",
-                 "tokens-per-minute", "burst", "concurrent"):
-        p.add_argument(f"--{flag}", type=int)
+    for name in LIMIT_NAMES:  # --requests-per-minute sets args.requests_per_minute
+        p.add_argument(f"--{name.replace('_', '-')}", type=int)
     p.add_argument("--budget", type=_budget, action="append", metavar="BUDGET.LEVEL=N",
                    help="a quota or budget, e.g. daily_tokens.hard=100000 or "
                         "monthly_spend_micros.soft=5000000 (repeatable)")

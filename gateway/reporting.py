@@ -24,14 +24,9 @@ from gateway.exceptions import ServiceUnavailable
 from gateway.keys import Principal
 from gateway.settings import Settings
 from gateway.state import state
+from schemas.reporting import ADMIN, FORWARDED, KEY_ID, TENANT, TOKEN, admin_only
 
 log = logging.getLogger("sluice.gateway.reporting")
-
-# The analytics process's names for the caller (analytics/callers.py).
-TOKEN = "x-sluice-internal-token"
-TENANT = "x-sluice-tenant"
-KEY_ID = "x-sluice-key-id"
-ADMIN = "x-sluice-admin"
 
 # The client's request headers that go along; nothing else does.
 PASSED = ("accept", "content-type")
@@ -69,8 +64,8 @@ async def _relay(upstream: httpx.Response) -> AsyncIterator[bytes]:
 async def forward(request: Request) -> Response:
     """Authenticate the caller, then stream the analytics process's answer back."""
     st = state(request)
-    admin_only = request.url.path.startswith("/v1/admin/")
-    principal = (require_admin if admin_only else authenticate)(request, st.keys, st.ips)
+    check = require_admin if admin_only(request.url.path) else authenticate
+    principal = check(request, st.keys, st.ips)
     headers = {name: value for name in PASSED if (value := request.headers.get(name))}
     headers.update(_identity(principal, st.settings.internal_token))
     headers["x-request-id"] = request.state.request_id
@@ -99,12 +94,5 @@ async def forward(request: Request) -> Response:
                              headers=passed, background=BackgroundTask(upstream.aclose))
 
 
-routes = [
-    Route("/v1/usage/export", forward, methods=["GET"]),
-    Route("/v1/analytics", forward, methods=["GET"]),
-    Route("/v1/admin/usage/export", forward, methods=["GET"]),
-    Route("/v1/admin/analytics", forward, methods=["GET"]),
-    Route("/v1/admin/analytics/tenants", forward, methods=["GET"]),
-    Route("/v1/admin/analytics/sink", forward, methods=["GET"]),
-    Route("/v1/admin/sql", forward, methods=["POST"]),
-]
+# Every reporting path (`schemas.reporting.FORWARDED`), forwarded.
+routes = [Route(f.path, forward, methods=[f.method]) for f in FORWARDED]

@@ -67,5 +67,12 @@ class Budgets(BaseModel):
     monthly_spend_micros: Budget = Budget()
 
 
+# The names, for code that lists them (CLI flags, the quota checks): taken from the models
+# so that a limit or budget added there reaches every such list.
+LIMIT_NAMES: tuple[str, ...] = tuple(Limits.model_fields)
+BUDGET_NAMES: tuple[str, ...] = tuple(Budgets.model_fields)
+BUDGET_LEVELS: tuple[str, ...] = tuple(Budget.model_fields)
+
+
 def effective_limits(tier: Tier, overrides: Limits) -> Limits:
     return overrides.over(TIER_LIMITS[tier])

@@ -2,7 +2,8 @@
 
 No container engine runs here, so these checks are what keeps the manifests honest: every
 container runs a `sluice` command the CLI accepts, and every `SLUICE_*` variable they set
-is a setting some service reads (a typo would otherwise be ignored silently).
+is a setting some service reads (a typo would otherwise be ignored silently). The admin
+commands take every limit and budget a key has.
 """
 
 from __future__ import annotations
@@ -15,10 +16,12 @@ import pytest
 import yaml
 
 from analytics.settings import Settings as AnalyticsSettings
+from deploy import admin_cli
 from deploy.cli import parser
 from deploy.settings import Settings as DeploySettings
 from gateway.settings import Settings as GatewaySettings
 from inference.settings import Settings as WorkerSettings
+from schemas.tiers import BUDGET_LEVELS, BUDGET_NAMES, LIMIT_NAMES, Budget, Budgets, Limits
 from streams.settings import Settings as StreamsSettings
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
@@ -76,3 +79,15 @@ def test_gateways_get_their_own_reply_topics_and_the_shared_secrets() -> None:
     k8s_gateway = next(d for d in _k8s() if d["metadata"]["name"] == "sluice-gateway")
     env = k8s_gateway["spec"]["template"]["spec"]["containers"][0]["env"]
     assert any(e["name"] == "SLUICE_GATEWAY_ID" and "fieldRef" in e["valueFrom"] for e in env)
+
+
+def test_key_flags_cover_every_limit_and_budget() -> None:
+    flags = [f"--{name.replace('_', '-')}" for name in LIMIT_NAMES]
+    budgets = [f"{name}.{level}=7" for name in BUDGET_NAMES for level in BUDGET_LEVELS]
+    args = parser().parse_args(["keys", "create", "--tenant", "t",
+                                *(arg for flag in flags for arg in (flag, "7")),
+                                *(arg for b in budgets for arg in ("--budget", b))])
+    assert Limits.model_validate(admin_cli._limits(args)) == Limits(
+        **dict.fromkeys(LIMIT_NAMES, 7))
+    assert Budgets.model_validate(admin_cli._budgets(args)) == Budgets(
+        **dict.fromkeys(BUDGET_NAMES, Budget(soft=7, hard=7)))

@@ -1,6 +1,6 @@
-"""The reporting API through the gateway: one base URL and one key, the caller's identity
-set by the gateway alone, answers streamed through, and a 503 (never an outage of
-inference) when the analytics process is away."""
+"""The reporting API through the gateway: exactly the paths the analytics process serves,
+one base URL and one key, the caller's identity set by the gateway alone, answers streamed
+through, and a 503 (never an outage of inference) when the analytics process is away."""
 
 from __future__ import annotations
 
@@ -11,21 +11,31 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import httpx
 import pytest
+from starlette.routing import BaseRoute, Route
 
+from analytics.api import create_app
+from analytics.settings import Settings
+from gateway import reporting
+from schemas.reporting import FORWARDED, admin_only
 from tests.analytics.conftest import Seeded, Stack
 from tests.analytics.harness import INTERNAL_TOKEN
 from tests.conftest import ADMIN_KEY, ROOT, Gateway, free_port, start_gateway
 
-TENANT_PATHS = ["/v1/usage/export", "/v1/analytics"]
-ADMIN_PATHS = [("GET", "/v1/admin/usage/export"), ("GET", "/v1/admin/analytics"),
-               ("GET", "/v1/admin/analytics/tenants"), ("GET", "/v1/admin/analytics/sink"),
-               ("POST", "/v1/admin/sql")]
-ALL_PATHS = [*(("GET", p) for p in TENANT_PATHS), *ADMIN_PATHS]
+ALL_PATHS = [(f.method, f.path) for f in FORWARDED]
+ADMIN_PATHS = [(f.method, f.path) for f in FORWARDED if admin_only(f.path)]
+
+
+def test_the_gateway_forwards_exactly_the_paths_analytics_serves() -> None:
+    def forwarded(routes: Sequence[BaseRoute]) -> set[tuple[str, frozenset[str]]]:
+        return {(r.path, frozenset(r.methods or ())) for r in routes
+                if isinstance(r, Route) and r.path not in ("/health", "/ready")}
+
+    assert forwarded(reporting.routes) == forwarded(create_app(Settings()).routes)
 
 
 def bearer(key: str) -> dict[str, str]:
