@@ -17,7 +17,7 @@ import httpx
 from rich.console import Console
 from rich.progress import DownloadColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-from broker.settings import default_home
+from broker.settings import SluiceSettings
 from schemas.reporting import ADMIN_USAGE_EXPORT
 
 
@@ -26,11 +26,7 @@ class ReportFailed(Exception):
 
 
 def admin_key() -> str | None:
-    key = os.environ.get("SLUICE_ADMIN_KEY")
-    path = Path(os.environ.get("SLUICE_HOME", default_home())) / "admin_key"
-    if not key and path.exists():
-        key = path.read_text().strip()
-    return key or None
+    return SluiceSettings().known_admin_key()
 
 
 def usage(*, tenant: str | None, start: str | None, end: str | None, fmt: str,

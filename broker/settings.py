@@ -41,6 +41,19 @@ class SluiceSettings(BaseSettings):
         'replace, e.g. `{"reply_rotate_records": 200}` (`broker.profiles`).')
     cpus: list[int] | None = Field(
         default=None, description="Pin the process to these CPUs (set by `sluice up`).")
+    admin_key: str | None = Field(default=None, description="The admin API's bearer key.")
+
+    @property
+    def admin_key_path(self) -> Path:
+        """Where `sluice up` keeps the admin key it made, when none was given."""
+        return self.home / "admin_key"
+
+    def known_admin_key(self) -> str | None:
+        """The admin key a command-line client uses: given, or the one `sluice up` made."""
+        if self.admin_key:
+            return self.admin_key
+        path = self.admin_key_path
+        return (path.read_text().strip() or None) if path.exists() else None
 
     @property
     def profile(self) -> Profile:

@@ -11,22 +11,14 @@ import json
 import os
 import sys
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 
+from broker.settings import SluiceSettings
 from schemas.tiers import BUDGET_LEVELS, BUDGET_NAMES, LIMIT_NAMES, TIERS
 
 
-def _home() -> Path:
-    return Path(os.environ.get("SLUICE_HOME", Path.home() / ".cache" / "sluice"))
-
-
 def admin_key() -> str | None:
-    key = os.environ.get("SLUICE_ADMIN_KEY")
-    path = _home() / "admin_key"
-    if not key and path.exists():
-        key = path.read_text().strip()
-    return key
+    return SluiceSettings().known_admin_key()
 
 
 def _call(method: str, path: str, body: Any = None) -> Any:

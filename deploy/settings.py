@@ -17,7 +17,6 @@ class Settings(SluiceSettings):
     port: int = 8080
     models: CommaList = Field(default_factory=lambda: ["smollm2-135m-instruct"])
     ready_timeout_s: float = 600.0
-    admin_key: str | None = None
     streams_host: str = "127.0.0.1"
     streams_port: int = 6066
     analytics_host: str = "127.0.0.1"

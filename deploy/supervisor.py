@@ -174,7 +174,7 @@ def admin_key(settings: Settings) -> str:
     """SLUICE_ADMIN_KEY, or one made once and kept in SLUICE_HOME/admin_key (mode 0600)."""
     if settings.admin_key:
         return settings.admin_key
-    path = settings.home / "admin_key"
+    path = settings.admin_key_path
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)

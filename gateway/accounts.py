@@ -18,6 +18,7 @@ from gateway.admin import experiment
 from gateway.auth import authenticate
 from gateway.exceptions import Forbidden, InvalidRequest, ServiceUnavailable
 from gateway.state import GatewayState, state
+from schemas.tiers import USAGE_TOTALS
 
 PERIODS = ("day", "month")
 
@@ -71,8 +72,7 @@ async def usage(request: Request) -> Response:
     if period not in PERIODS:
         raise InvalidRequest("'period' must be 'day' or 'month'.", param="period")
     key = _period_key(period, time.time())
-    empty = {"requests": 0, "prompt_tokens": 0, "completion_tokens": 0, "cached_tokens": 0,
-             "cost_micros": 0}
+    empty = dict.fromkeys(USAGE_TOTALS, 0)
     account = await _streams(st, f"/accounts/{principal.key_id}")
     body: dict[str, Any] = {"period": period, "start": key, "key_id": principal.key_id,
                             "key": {**empty, **account["totals"].get(key, {})}}

@@ -29,7 +29,6 @@ class Settings(SluiceSettings):
     )
     max_in_flight_per_model: int | None = None
     failover_after_s: float = 2.0
-    admin_key: str | None = Field(default=None, description="The admin API's bearer key.")
     trusted_proxies: CommaList = Field(
         default_factory=list, description="CIDRs whose X-Forwarded-For is believed.")
     unauthenticated_per_minute: int = 60

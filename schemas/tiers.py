@@ -72,6 +72,8 @@ class Budgets(BaseModel):
 LIMIT_NAMES: tuple[str, ...] = tuple(Limits.model_fields)
 BUDGET_NAMES: tuple[str, ...] = tuple(Budgets.model_fields)
 BUDGET_LEVELS: tuple[str, ...] = tuple(Budget.model_fields)
+# What the streams app counts per key and tenant for each UTC day and month.
+USAGE_TOTALS = ("requests", "prompt_tokens", "completion_tokens", "cached_tokens", "cost_micros")
 
 
 def effective_limits(tier: Tier, overrides: Limits) -> Limits:

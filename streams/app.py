@@ -34,7 +34,7 @@ from schemas.events import (
     UsageRecorded,
     decode,
 )
-from schemas.tiers import Limits
+from schemas.tiers import USAGE_TOTALS, Limits
 from streams import billing, experiments
 from streams.limiter import Account, periods
 from streams.settings import Settings
@@ -290,16 +290,13 @@ async def total_tenants(stream: Any) -> None:
                     continue  # sent again after a crash; counted already
                 totals["origins"][origin] = offset
                 for period in (day, month):
-                    t = totals["periods"].setdefault(period, dict.fromkeys(_TOTALS, 0))
+                    t = totals["periods"].setdefault(period, dict.fromkeys(USAGE_TOTALS, 0))
                     t["requests"] += 1
-                    for name, amount in zip(_TOTALS[1:], amounts, strict=True):
+                    for name, amount in zip(USAGE_TOTALS[1:], amounts, strict=True):
                         t[name] += amount
         for tenant, totals in tenants_now.items():
             totals["periods"] = dict(sorted(totals["periods"].items())[-6:])
             tenant_totals[tenant] = totals
-
-
-_TOTALS = ("requests", "prompt_tokens", "completion_tokens", "cached_tokens", "cost_micros")
 
 
 @app.agent(requests_topic)

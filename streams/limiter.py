@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from schemas.events import LeaseGranted, LeaseRequested, RateSnapshot
-from schemas.tiers import BUDGET_NAMES, Limits
+from schemas.tiers import BUDGET_NAMES, USAGE_TOTALS, Limits
 
 MINUTE, HOUR, DAY = 60, 3600, 86400
 RECENT = 64
@@ -237,9 +237,7 @@ class Account:
     def add_usage(self, day: str, month: str, tokens_in: int, tokens_out: int, cached: int,
                   cost: int) -> None:
         for period in (day, month):
-            t = self.totals.setdefault(period, {"requests": 0, "prompt_tokens": 0,
-                                                "completion_tokens": 0, "cached_tokens": 0,
-                                                "cost_micros": 0})
+            t = self.totals.setdefault(period, dict.fromkeys(USAGE_TOTALS, 0))
             t["requests"] += 1
             t["prompt_tokens"] += tokens_in
             t["completion_tokens"] += tokens_out
