@@ -1,10 +1,9 @@
 """When a lease's renewal falls due while another round trip for the key is out.
 
 The sweep keeps a busy key's slots alive with a round trip of its own, which does not
-move the lease's expiry. If that trip was out at the expiry, the renewal used to be
-dropped: the lease expired unrenewed and the key's next request waited for the limiter
-(seen as a flaky `tests/e2e/test_limits.py` under load). The scheduling is tested here
-on its own; the e2e test covers the round trips.
+move the lease's expiry. A renewal that falls due while that trip is out must happen
+after it, or the lease expires unrenewed and the key's next request waits for the
+limiter. The scheduling is tested here on its own; the e2e test covers the round trips.
 """
 
 from __future__ import annotations
