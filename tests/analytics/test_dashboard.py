@@ -21,6 +21,9 @@ import pytest
 from tests.analytics.conftest import Seeded, Stack
 from tests.conftest import ADMIN_KEY, OUTPUT, Gateway
 
+# No fixture says it: `make test` installs chromium, `make test-fast` leaves these out.
+pytestmark = pytest.mark.browser
+
 BROWSER_BUDGET_MS = 30_000
 TIME_SERIES = ("chart-requests", "chart-tokens", "chart-spend", "chart-errors", "chart-latency",
                "chart-ttft")

@@ -10,6 +10,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
+import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from analytics.settings import Settings
@@ -106,6 +107,7 @@ async def _matches(warehouse: Warehouse, tenant: str, want: dict[str, Any]) -> b
     return await stored(warehouse, tenant) == want
 
 
+@pytest.mark.slow  # three sinks in turn, each waiting out its commits: 25 s
 async def test_nothing_lands_twice(bootstrap: str, settings: Settings,
                                    warehouse: Warehouse) -> None:
     settings = settings.model_copy(update={"kafka_bootstrap": bootstrap})

@@ -12,11 +12,14 @@ import asyncio
 import time
 
 import httpx
+import pytest
 
 from schemas import topics
 from tests.analytics.harness import AnalyticsProc, ClickHouse, analytics_env, caller, unique
 from tests.analytics.traffic import expected, produce, store_queries, traffic, with_duplicates
 from tests.conftest import free_port, wait_until
+
+pytestmark = pytest.mark.slow  # an analytics process killed mid-batch and restarted: 35-55 s
 
 KILLS = 2
 MAX_KILLS = 4

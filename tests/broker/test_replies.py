@@ -33,6 +33,7 @@ def _open(router: ReplyRouter, rid: str, *, urgent: bool = False) -> Pending:
     return pending
 
 
+@pytest.mark.slow  # 10,000 single-record batches from four producers: 8-16 s each
 @pytest.mark.parametrize("urgent", [False, True], ids=["idle-wait", "busy-wait"])
 async def test_every_reply_arrives_from_many_producers_across_topics(
         bootstrap: str, urgent: bool) -> None:

@@ -7,10 +7,13 @@ import asyncio
 import time
 import uuid
 
+import pytest
 from aiokafka import TopicPartition
 
 from broker import PROFILES, Broker
 from schemas import topics
+
+pytestmark = pytest.mark.slow  # 10,000 single-record batches: 10 s
 
 
 async def test_a_short_wait_still_receives_from_a_large_partition(bootstrap: str) -> None:

@@ -15,6 +15,7 @@ import time
 from collections import Counter
 
 import jsonschema
+import pytest
 from aiokafka import AIOKafkaProducer
 
 from schemas import topics
@@ -30,6 +31,10 @@ from tests.streams.conftest import (
     publish_usage,
     unique,
 )
+
+# Each starts a streams process of its own and reads its ledger back, 4,000 events in the
+# second: 15-45 s a test on two shared cores, too long for `make test-fast`.
+pytestmark = pytest.mark.slow
 
 SCHEMA = json.loads((ROOT / "docs" / "ledger.schema.json").read_text())
 

@@ -17,6 +17,8 @@ import threading
 import time
 from collections import Counter
 
+import pytest
+
 from schemas import topics
 from schemas.events import UsageRecorded
 from tests.conftest import wait_until
@@ -29,6 +31,8 @@ from tests.streams.conftest import (
     publish_async,
     unique,
 )
+
+pytestmark = pytest.mark.slow  # a streams process killed and restarted twice: 40-50 s
 
 EVENTS = 3000
 RATE = 300.0  # usage events per second

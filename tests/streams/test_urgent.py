@@ -8,6 +8,7 @@ import asyncio
 import time
 from pathlib import Path
 
+import pytest
 from aiokafka import AIOKafkaProducer
 
 from schemas import topics
@@ -16,6 +17,8 @@ from schemas.tiers import TIER_LIMITS
 from tests.conftest import broker_at
 from tests.events import read_events
 from tests.streams.conftest import StreamsApp, price_schedule, publish_async, unique
+
+pytestmark = pytest.mark.slow  # a streams process through a 3,000-event backlog: 25-35 s
 
 BACKLOG = 3000  # usage events of the test's key, in one partition
 
