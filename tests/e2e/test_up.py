@@ -82,7 +82,8 @@ def test_up_serves_and_stops_cleanly(home: Path, tmp_path: Path) -> None:
                                max_retries=0, timeout=120)
         reply = client.chat.completions.create(
             model=MODEL, temperature=0, max_tokens=30,
-            messages=[{"role": "user", "content": "What is the capital of France?"}])
+            messages=[{"role": "user",
+                       "content": "What is the capital of France? Answer in English."}])
         assert "Paris" in reply.choices[0].message.content
 
         up.send_signal(signal.SIGTERM)
