@@ -37,7 +37,6 @@ from broker import Broker, SluiceSettings
 from schemas import topics
 from schemas.events import PriceSchedule, PriceVersion, UsageRecorded
 from streams.settings import Settings as StreamsSettings
-from streams.transport import TP, true_ends
 
 TARGET_EVENTS_PER_S = 5_000
 TARGET_FRESHNESS_P95_S = 1.0
@@ -83,8 +82,8 @@ async def _publish(producer: AIOKafkaProducer, events: list[UsageRecorded]) -> N
 
 
 async def _count(consumer: AIOKafkaConsumer, bootstrap: str, topic: str) -> int:
-    """How many records `topic` holds. Tansu under-reports end offsets (by all but the
-    first record of each partition's last batch): `true_ends` reads the last batch."""
+    """How many records `topic` holds, from its end offsets as the broker's profile reads
+    them (Tansu under-reports them by all but the first record of the last batch)."""
     partitions = consumer.partitions_for_topic(topic)
     if not partitions:
         await consumer.topics()  # refresh metadata: the topic may be new
@@ -92,7 +91,8 @@ async def _count(consumer: AIOKafkaConsumer, bootstrap: str, topic: str) -> int:
     if not partitions:
         return 0
     ends = await consumer.end_offsets([TopicPartition(topic, p) for p in partitions])
-    return sum((await true_ends([bootstrap], {TP(*tp): end for tp, end in ends.items()})).values())
+    broker = Broker.of(SluiceSettings(kafka_bootstrap=bootstrap))
+    return sum((await broker.true_ends(dict(ends))).values())
 
 
 class _Streams:
