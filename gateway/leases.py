@@ -44,6 +44,7 @@ class Lease:
     denial: LeaseGranted | None = None
     denied_until: float = 0.0
     rate: float = 0.0  # admissions per second here, smoothed
+    gap: float = 0.0  # seconds between the last two admissions
     last_admit: float = 0.0
     last_renewal: float = 0.0
     fetching: asyncio.Future[None] | None = field(default=None, repr=False)
@@ -59,8 +60,11 @@ class Lease:
 
     def in_use_lately(self, now: float) -> bool:
         """Whether the key's requests still come in: the last one came within about two
-        gaps of its recent rate."""
-        return self.rate > 0 and now - self.last_admit <= RENEW_WITHIN_GAPS / self.rate
+        gaps, by its smoothed rate or by its latest gap, whichever is longer. The smoothed
+        rate alone lags a key that slowed down after a quick start."""
+        if self.rate <= 0:
+            return False
+        return now - self.last_admit <= RENEW_WITHIN_GAPS * max(1.0 / self.rate, self.gap)
 
 
 @dataclass(frozen=True)
@@ -186,6 +190,7 @@ class LeaseBook:
                 lease.in_use += 1
                 elapsed = now - lease.last_admit if lease.last_admit else 1.0
                 lease.rate = 0.8 * lease.rate + 0.2 / max(elapsed, 1e-3)
+                lease.gap = elapsed
                 lease.last_admit = now
                 admitted = Admitted(self, principal.key_id, tokens, lease.granted_at,
                                     headers(lease, now))

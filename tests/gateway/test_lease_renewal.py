@@ -80,3 +80,21 @@ async def test_no_renewal_after_close() -> None:
     _back(lease)
     await asyncio.sleep(0)
     assert prefetched == []
+
+
+async def test_a_key_that_slowed_after_a_quick_start_is_still_in_use() -> None:
+    """Its smoothed rate still remembers the burst (3 a second) while it now sends one a
+    second: an expiry 0.9 s after its last request renews the lease all the same."""
+    book, prefetched = _book()
+    principal, lease = _expired_lease_in_use(book)
+    lease.rate, lease.gap, lease.last_admit = 3.0, 1.0, time.time() - 0.9
+    book._renew(principal, lease, 100)
+    assert prefetched == [lease]
+
+
+async def test_a_key_gone_quiet_is_not_renewed() -> None:
+    book, prefetched = _book()
+    principal, lease = _expired_lease_in_use(book)
+    lease.rate, lease.gap, lease.last_admit = 1.0, 1.0, time.time() - 5.0
+    book._renew(principal, lease, 100)
+    assert prefetched == []
