@@ -17,6 +17,7 @@ from starlette.routing import Route
 from gateway.admin import experiment
 from gateway.auth import authenticate
 from gateway.exceptions import Forbidden, InvalidRequest, ServiceUnavailable
+from gateway.leases import Lease
 from gateway.state import GatewayState, state
 from schemas.tiers import USAGE_TOTALS
 
@@ -61,7 +62,17 @@ async def rate_limit(request: Request) -> Response:
         "concurrent": {"limit": limits.concurrent, "in_use": account["concurrent_in_use"]},
         "budgets": principal.budgets.model_dump(),
         "usage": {p: account["totals"].get(_period_key(p, now), {}) for p in PERIODS},
+        "lease": _lease(st.leases.lease(principal.key_id), st.settings.resolved_gateway_id, now),
     })
+
+
+def _lease(lease: Lease | None, gateway_id: str, now: float) -> dict[str, Any]:
+    """What this replica holds of the key's budget, and how often its requests waited
+    for the limiter here (`waited`) rather than finding a lease fetched ahead."""
+    lease = lease or Lease()
+    return {"gateway_id": gateway_id, "requests": lease.requests, "tokens": lease.tokens,
+            "slots": lease.slots, "expires_in_s": round(max(0.0, lease.expires_at - now), 3),
+            "round_trips": {"waited": lease.waited, "ahead": lease.ahead}}
 
 
 async def usage(request: Request) -> Response:

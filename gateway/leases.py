@@ -47,6 +47,8 @@ class Lease:
     gap: float = 0.0  # seconds between the last two admissions
     last_admit: float = 0.0
     last_renewal: float = 0.0
+    waited: int = 0  # round trips a request of the key waited for, here
+    ahead: int = 0  # round trips made in the background
     fetching: asyncio.Future[None] | None = field(default=None, repr=False)
     renewal: asyncio.TimerHandle | None = field(default=None, repr=False)
 
@@ -273,6 +275,10 @@ class LeaseBook:
             await asyncio.shield(lease.fetching)
             return
         lease.fetching = asyncio.get_running_loop().create_future()
+        if waited:
+            lease.waited += 1
+        else:
+            lease.ahead += 1
         if self._round_trips is not None:
             self._round_trips.labels("waited" if waited else "ahead").inc()
         try:
