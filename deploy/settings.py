@@ -15,7 +15,9 @@ class Settings(SluiceSettings):
     broker_port: int = 9092
     host: str = "127.0.0.1"
     port: int = 8080
-    models: CommaList = Field(default_factory=lambda: ["smollm2-135m-instruct"])
+    models: CommaList = Field(
+        default_factory=lambda: ["smollm2-135m-instruct", "all-minilm-l6-v2"],
+        description="One worker each: a chat model and an embedding model by default.")
     ready_timeout_s: float = 600.0
     streams_host: str = "127.0.0.1"
     streams_port: int = 6066

@@ -62,7 +62,7 @@ def _key_view(key: KeyState, secret: str | None = None) -> dict[str, Any]:
     return dump(KeyView(
         key_id=key.key_id, tenant=key.tenant, name=key.name, tier=key.tier,
         limits=effective_limits(key.tier, key.limits), overrides=key.limits,
-        budgets=key.budgets, revoked=key.revoked, created_at=key.created_at,
+        budgets=key.budgets, cache=key.cache, revoked=key.revoked, created_at=key.created_at,
         version=key.version, secret=secret))
 
 
@@ -90,7 +90,7 @@ async def create_tenant(request: Request) -> Response:
     if body.tenant in st.keys.tenants:
         raise Conflict(f"Tenant '{body.tenant}' already exists.", param="tenant")
     tenant = TenantState(tenant=body.tenant, name=body.name, default_tier=body.default_tier,
-                         budgets=body.budgets, created_at=time.time())
+                         budgets=body.budgets, cache=body.cache, created_at=time.time())
     await _publish(st, topics.KEYS, tenant_key(tenant.tenant), tenant)
     st.keys.apply(tenant)
     return _json(_tenant_view(tenant, st), 201)
@@ -151,7 +151,7 @@ async def create_key(request: Request) -> Response:
     key = KeyState(key_id=key_id, tenant=body.tenant, name=body.name,
                    tier=body.tier or tenant.default_tier, secret_hash=hash_secret(secret),
                    limits=body.limits, budgets=body.budgets or tenant.budgets,
-                   created_at=time.time())
+                   cache=body.cache, created_at=time.time())
     await _publish(st, topics.KEYS, key_id.encode(), key)
     st.keys.apply(key)
     return _json(_key_view(key, secret), 201)

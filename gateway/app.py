@@ -19,12 +19,14 @@ from gateway import (
     chat,
     completions,
     dashboard,
+    embeddings,
     errors,
     models,
     reporting,
     status,
 )
 from gateway.auth import IpLimiter
+from gateway.cache import ResponseCache
 from gateway.capacity import Capacity
 from gateway.exceptions import GatewayError
 from gateway.experiments import ExperimentBook
@@ -59,11 +61,14 @@ def create_app(settings: Settings | None = None) -> Starlette:
         keys = KeyStore(broker.reader(profile.views_wait_ms), settings.admin_key)
         experiments = ExperimentBook(broker.reader(profile.views_wait_ms))
         prices = PriceBook(broker.reader(profile.control_wait_ms))
-        followers = (replies, registry, keys, experiments, prices)
-        for follower in followers:
-            await follower.start()
         metrics = Metrics()
         outcomes = Outcomes(producer, metrics)
+        cache = ResponseCache(broker.reader(profile.views_wait_ms), gateway_id,
+                              max_bytes=settings.cache_max_mb * 1_000_000,
+                              publish=lambda e, k: outcomes.publish(topics.CACHE, e, k))
+        followers = (replies, registry, keys, experiments, prices, cache)
+        for follower in followers:
+            await follower.start()
         leases = LeaseBook(producer, replies, gateway_id,
                            timeout=settings.lease_timeout_s, lease_ttl=settings.lease_ttl_s,
                            max_requests=settings.lease_max_requests,
@@ -86,12 +91,14 @@ def create_app(settings: Settings | None = None) -> Starlette:
             experiments=experiments,
             prices=prices,
             streams=streams,
+            cache=cache,
         )
         loops = [asyncio.create_task(f.run()) for f in followers]
         loops.append(asyncio.create_task(_sweep_leases(leases, keys)))
         # Serve only with complete views: a key created before this start must work.
         await asyncio.wait_for(asyncio.gather(*(v.caught_up.wait()
-                                                for v in (keys, experiments, prices))), 60)
+                                                for v in (keys, experiments, prices, cache))),
+                               60)
         gc.collect()
         gc.freeze()  # what start-up made lives as long as the process; collections skip it
         try:
@@ -112,6 +119,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         routes=[
             *chat.routes,
             *completions.routes,
+            *embeddings.routes,
             *models.routes,
             *accounts.routes,
             *admin.routes,

@@ -16,12 +16,19 @@ from starlette.requests import Request
 
 from broker.replies import Pending
 from gateway.capacity import Slot
-from gateway.exceptions import GatewayTimeout, ModelNotFound, UpstreamError
+from gateway.exceptions import (
+    GatewayTimeout,
+    InvalidRequest,
+    ModelNotFound,
+    PayloadTooLarge,
+    UpstreamError,
+)
 from gateway.leases import Admitted
 from gateway.state import GatewayState
 from gateway.transcript import Transcript
 from schemas import topics
 from schemas.events import (
+    CacheState,
     ChoiceDelta,
     InferenceCancelled,
     InferenceRequested,
@@ -31,11 +38,21 @@ from schemas.events import (
 
 T = TypeVar("T")
 
+# A request's event must fit a message of Kafka's default size limit (1 MB).
+MAX_EVENT_BYTES = 1_000_000
 
-def check_model(st: GatewayState, model: str) -> None:
+
+def check_model(st: GatewayState, model: str, task: str = "generate") -> None:
+    """Refuse a model nobody serves, or one that does another task than the endpoint's
+    (a model not yet heard from is checked again by its worker)."""
     if not st.registry.known(model):
         raise ModelNotFound(
             f"The model '{model}' does not exist or is not served here.", param="model")
+    served = st.registry.task(model)
+    if served is not None and served != task:
+        what = "embeddings" if task == "embed" else "chat or text completions"
+        raise InvalidRequest(f"The model '{model}' does not support {what}.", param="model",
+                             code="model_not_supported")
 
 
 async def _disconnected(request: Request) -> None:
@@ -46,8 +63,9 @@ async def _disconnected(request: Request) -> None:
 
 class Call:
     def __init__(self, st: GatewayState, request: Request, event: InferenceRequested,
-                 endpoint: str, admitted: Admitted) -> None:
+                 endpoint: str, admitted: Admitted, cache: CacheState = "bypass") -> None:
         self.st = st
+        self.cache = cache
         self.admitted = admitted
         self.request = request
         self.event = event
@@ -70,9 +88,13 @@ class Call:
         self._slot = await st.capacity.acquire(self.event.model)
         st.outcomes.metrics.in_flight.labels(self.event.model).inc()
         self.event, self._pending = st.replies.open(self.request_id, self.event)
+        value = self.event.encode()
+        if len(value) > MAX_EVENT_BYTES:
+            raise PayloadTooLarge(
+                f"The request is {len(value)} bytes once encoded, over the {MAX_EVENT_BYTES} "
+                "a worker takes in one message. Send fewer or shorter inputs.")
         topic = topics.inference(self.event.model, st.settings.inference_partitions).name
-        delivery = await st.producer.send(topic, self.event.encode(),
-                                          key=self.request_id.encode())
+        delivery = await st.producer.send(topic, value, key=self.request_id.encode())
         delivery.add_done_callback(self._on_delivery)
 
     def _on_delivery(self, fut: asyncio.Future[object]) -> None:
@@ -174,4 +196,5 @@ class Call:
             latency_ms=(now - self.started) * 1000,
             admitted_at=self.admitted.admitted_at,
             disconnected=status == 499,
+            cache=self.cache,
         ))

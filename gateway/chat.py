@@ -7,9 +7,9 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from gateway import protocol
-from gateway.calls import Call
 from gateway.serving import Renderer, endpoint, finish_reason, routing, serve
 from gateway.state import state
+from gateway.transcript import Transcript
 from schemas.events import ChoiceDelta
 from schemas.openai import (
     ChatChoice,
@@ -30,10 +30,9 @@ class ChatRenderer(Renderer[ChatChunkChoice]):
     id_prefix = "chatcmpl"
     chunk_type = ChatCompletionChunk
 
-    def whole(self, call: Call) -> ChatCompletion:
-        t = call.transcript
+    def whole(self, t: Transcript) -> ChatCompletion:
         return ChatCompletion(
-            id=self.id, created=self.created, model=self.event.model, usage=self.usage(call),
+            id=self.id, created=self.created, model=self.event.model, usage=self.usage(t),
             choices=[
                 ChatChoice(index=i, message=ResponseMessage(content=t.text(i)),
                            finish_reason=finish_reason(t.finish.get(i)) or "stop")

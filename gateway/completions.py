@@ -7,9 +7,9 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from gateway import protocol
-from gateway.calls import Call
 from gateway.serving import Renderer, endpoint, finish_reason, routing, serve
 from gateway.state import state
+from gateway.transcript import Transcript
 from schemas.events import ChoiceDelta
 from schemas.openai import Completion, CompletionChoice, CompletionRequest
 
@@ -22,10 +22,9 @@ class CompletionRenderer(Renderer[CompletionChoice]):
     id_prefix = "cmpl"
     chunk_type = Completion
 
-    def whole(self, call: Call) -> Completion:
-        t = call.transcript
+    def whole(self, t: Transcript) -> Completion:
         return Completion(
-            id=self.id, created=self.created, model=self.event.model, usage=self.usage(call),
+            id=self.id, created=self.created, model=self.event.model, usage=self.usage(t),
             choices=[CompletionChoice(text=t.text(i), index=i,
                                       finish_reason=finish_reason(t.finish.get(i)) or "stop")
                      for i in range(self.event.sampling.n)],

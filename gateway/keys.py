@@ -20,11 +20,12 @@ from pydantic import ValidationError
 from gateway.follow import Follower
 from schemas import topics
 from schemas.events import KeyState, TenantState, decode
-from schemas.tiers import Budgets, Limits, effective_limits
+from schemas.tiers import Budgets, CachePolicy, Limits, effective_limits
 
 log = logging.getLogger("sluice.gateway.keys")
 
 PREFIX = "sk-sluice-"
+NO_CACHE = CachePolicy()
 ADMIN = "admin"
 
 
@@ -37,6 +38,7 @@ class Principal:
     admin: bool
     limits: Limits
     budgets: Budgets
+    cache: CachePolicy = NO_CACHE
 
 
 def hash_secret(secret: str) -> str:
@@ -99,4 +101,5 @@ class KeyStore(Follower):
         if tenant is not None and tenant.disabled:
             return None
         return Principal(key.key_id, key.tenant, False,
-                         effective_limits(key.tier, key.limits), key.budgets)
+                         effective_limits(key.tier, key.limits), key.budgets,
+                         key.cache or (tenant.cache if tenant else NO_CACHE))

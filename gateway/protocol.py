@@ -9,7 +9,7 @@ from starlette.requests import Request
 
 from gateway.exceptions import InvalidRequest, UnsupportedMediaType
 from schemas.events import InferenceRequested, Message, Sampling
-from schemas.openai import ChatCompletionRequest, CompletionRequest
+from schemas.openai import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 
 Body = TypeVar("Body", bound=BaseModel)
 
@@ -146,14 +146,49 @@ def completion_request(body: CompletionRequest, max_n: int, **route: object) -> 
     )
 
 
+# As many inputs as OpenAI takes in one embeddings request.
+MAX_EMBEDDING_INPUTS = 2048
+
+
+def embedding_request(body: EmbeddingRequest, **route: object) -> InferenceRequested:
+    """The InferenceRequested for an embeddings body: one input or a list of them, each a
+    text or token ids, none empty."""
+    given = body.input
+    if isinstance(given, str) or (given and isinstance(given[0], int)):
+        inputs: list[str | tuple[int, ...]] = [given if isinstance(given, str)
+                                               else tuple(given)]  # type: ignore[arg-type]
+    else:
+        inputs = [i if isinstance(i, str) else tuple(i) for i in given]  # type: ignore[union-attr]
+    if not inputs:
+        raise InvalidRequest("'input' must not be an empty list.", param="input")
+    if len(inputs) > MAX_EMBEDDING_INPUTS:
+        raise InvalidRequest(f"'input' has {len(inputs)} items; at most "
+                             f"{MAX_EMBEDDING_INPUTS} per request.", param="input")
+    for i, item in enumerate(inputs):
+        if not item:
+            param = "input" if len(inputs) == 1 else f"input[{i}]"
+            raise InvalidRequest(f"'{param}' must not be empty.", param=param)
+    return InferenceRequested(
+        kind="embedding", inputs=tuple(inputs), dimensions=body.dimensions, user=body.user,
+        **route,  # type: ignore[arg-type]
+    )
+
+
+def _tokens(text_or_ids: str | tuple[int, ...] | None) -> int:
+    """A prompt's tokens, over-estimated at a token per three bytes of text."""
+    if isinstance(text_or_ids, str):
+        return len(text_or_ids.encode()) // 3 + 1
+    return len(text_or_ids or ())
+
+
 def reservation(event: InferenceRequested, default_max_tokens: int) -> int:
     """Tokens to hold for a request at admission: its prompt, over-estimated at a token per
     three bytes (usage corrects it), plus what it may generate per choice."""
+    if event.kind == "embedding":
+        return sum(map(_tokens, event.inputs))
     if event.kind == "chat":
         prompt = sum(len(m.content.encode()) // 3 + 4 for m in event.messages) + 8
-    elif isinstance(event.prompt, str):
-        prompt = len(event.prompt.encode()) // 3 + 1
     else:
-        prompt = len(event.prompt or ())
+        prompt = _tokens(event.prompt)
     s = event.sampling
     return prompt + s.n * (s.max_tokens or default_max_tokens)

@@ -17,14 +17,15 @@ from pydantic import BaseModel
 from starlette.requests import Request
 from starlette.responses import Response
 
-from gateway import protocol
+from gateway import cache, protocol
 from gateway.auth import authenticate
 from gateway.calls import Call, check_model
 from gateway.keys import Principal
 from gateway.state import state
 from gateway.streaming import sse
+from gateway.transcript import Transcript
 from schemas.events import ChoiceDelta, InferenceRequested
-from schemas.openai import FinishReason, StreamOptions, Usage
+from schemas.openai import FinishReason, PromptTokensDetails, StreamOptions, Usage
 
 Handler = Callable[[Request], Awaitable[Response]]
 Choice = TypeVar("Choice", bound=BaseModel)
@@ -55,7 +56,7 @@ class Renderer(Generic[Choice]):
         self.created = int(time.time())
         self.include_usage = bool(stream_options and stream_options.include_usage)
 
-    def whole(self, call: Call) -> BaseModel:
+    def whole(self, t: Transcript) -> BaseModel:
         """The response to a request that does not stream."""
         raise NotImplementedError
 
@@ -67,9 +68,9 @@ class Renderer(Generic[Choice]):
         """The document for one choice's fresh text, or its finish."""
         raise NotImplementedError
 
-    def closing(self, call: Call) -> list[str]:
+    def closing(self, t: Transcript) -> list[str]:
         """The documents after the last delta: the usage chunk, if the client asked for it."""
-        return [self.chunk([], self.usage(call))] if self.include_usage else []
+        return [self.chunk([], self.usage(t))] if self.include_usage else []
 
     def chunk(self, choices: list[Choice], usage: Usage | None = None) -> str:
         """A stream document; it shows `usage` only to a client that asked for it."""
@@ -77,11 +78,13 @@ class Renderer(Generic[Choice]):
                                 choices=choices, usage=usage)
         return chunk.model_dump_json(exclude=None if self.include_usage else {"usage"})
 
-    def usage(self, call: Call) -> Usage:
-        u = call.transcript.usage
+    def usage(self, t: Transcript) -> Usage:
+        u = t.usage
         prompt, completion = (u.prompt_tokens, u.completion_tokens) if u else (0, 0)
         return Usage(prompt_tokens=prompt, completion_tokens=completion,
-                     total_tokens=prompt + completion)
+                     total_tokens=prompt + completion,
+                     prompt_tokens_details=PromptTokensDetails(
+                         cached_tokens=u.cached_tokens if u else 0))
 
 
 def endpoint(path: str) -> Callable[[Handler], Handler]:
@@ -104,13 +107,14 @@ def endpoint(path: str) -> Callable[[Handler], Handler]:
     return mark
 
 
-def routing(request: Request, model: str, user: str | None) -> dict[str, object]:
+def routing(request: Request, model: str, user: str | None, task: str = "generate"
+            ) -> dict[str, object]:
     """What the gateway decides about a request: model (A/B variant), ids and caller."""
     st = state(request)
     principal: Principal = request.state.principal
     route = st.experiments.route(model, user or principal.key_id)
     request.state.route = route
-    check_model(st, route.model)
+    check_model(st, route.model, task)
     return {
         "model": route.model,
         "variant": route.variant,
@@ -125,16 +129,21 @@ def routing(request: Request, model: str, user: str | None) -> dict[str, object]
 
 async def serve(request: Request, event: InferenceRequested, renderer: Renderer[Any]
                 ) -> Response:
-    """Admit `event` against its key's lease, send it to the workers, and answer with what
-    `renderer` makes of the reply."""
+    """Admit `event` against its key's lease, and answer with what `renderer` makes of the
+    cached answer or of a worker's reply."""
     st = state(request)
     principal: Principal = request.state.principal
-    admitted = await st.leases.admit(
-        principal, protocol.reservation(event, st.settings.default_reserved_tokens))
+    found = st.cache.lookup(event, principal.cache, request.headers.get("cache-control"))
+    hit = found.entry is not None
+    admitted = await st.leases.admit(  # a hit is a request too, but it uses no tokens
+        principal, 0 if hit else protocol.reservation(event, st.settings.default_reserved_tokens))
     request.state.ratelimit_headers = admitted.headers
+    headers = {**admitted.headers, cache.HEADER: found.state}
     event = event.model_copy(update={"reserved_tokens": admitted.tokens,
                                      "reserved_at": admitted.reserved_at})
-    call = Call(st, request, event, request.state.endpoint, admitted)
+    call = Call(st, request, event, request.state.endpoint, admitted, cache=found.state)
+    if found.entry is not None:
+        return _from_cache(call, found, renderer, headers)
     try:
         await call.start()
         if event.stream:  # wait for the first chunk: an error before it is a plain HTTP error
@@ -148,8 +157,9 @@ async def serve(request: Request, event: InferenceRequested, renderer: Renderer[
         call.finish()
         if done is None:
             return Response(status_code=499)
-        return Response(renderer.whole(call).model_dump_json(), media_type="application/json",
-                        headers=admitted.headers)
+        st.cache.store(event, found, call.transcript)
+        return Response(renderer.whole(call.transcript).model_dump_json(),
+                        media_type="application/json", headers=headers)
     if first is None:
         return Response(status_code=499)
 
@@ -160,7 +170,8 @@ async def serve(request: Request, event: InferenceRequested, renderer: Renderer[
             async for deltas in call.deltas(first):
                 for delta in deltas:
                     yield renderer.piece(delta)
-            for document in renderer.closing(call):
+            st.cache.store(event, found, call.transcript)
+            for document in renderer.closing(call.transcript):
                 yield document
         except (asyncio.CancelledError, GeneratorExit):
             if call.transcript.usage is None:
@@ -174,4 +185,25 @@ async def serve(request: Request, event: InferenceRequested, renderer: Renderer[
         finally:
             call.finish()
 
-    return sse(events(), admitted.headers)
+    return sse(events(), headers)
+
+
+def _from_cache(call: Call, found: cache.Lookup, renderer: Renderer[Any],
+                headers: dict[str, str]) -> Response:
+    """The stored answer in the shape a fresh one has, streamed or whole."""
+    assert found.entry is not None
+    t = call.transcript = cache.replay(found.entry, 0.0)
+    call.first_token_at = time.perf_counter()
+    call.st.cache.hit(call.event, found)
+    call.finish()
+    if not call.event.stream:
+        return Response(renderer.whole(t).model_dump_json(), media_type="application/json",
+                        headers=headers)
+    pieces = [renderer.piece(ChoiceDelta(index=i, text=t.text(i), finish_reason=t.finish.get(i)))
+              for i in range(len(found.entry.choices))]
+
+    async def events() -> AsyncIterator[str]:
+        for document in [*renderer.opening(), *pieces, *renderer.closing(t)]:
+            yield document
+
+    return sse(events(), headers)

@@ -45,6 +45,8 @@ class Settings(SluiceSettings):
     lease_max_requests: int = 64
     default_reserved_tokens: int = Field(
         default=512, description="Tokens held for a request that sets no max_tokens.")
+    cache_max_mb: int = Field(default=256, ge=1, description="Memory for the response "
+                              "cache's answers; the least recently used go first.")
     @property
     def resolved_gateway_id(self) -> str:
         return self.gateway_id or f"{socket.gethostname()}-{self.port}"

@@ -10,6 +10,7 @@ from starlette.requests import Request
 
 from broker.replies import ReplyRouter
 from gateway.auth import IpLimiter
+from gateway.cache import ResponseCache
 from gateway.capacity import Capacity
 from gateway.experiments import ExperimentBook
 from gateway.keys import KeyStore
@@ -36,6 +37,7 @@ class GatewayState:
     experiments: ExperimentBook
     prices: PriceBook
     streams: httpx.AsyncClient
+    cache: ResponseCache
 
 
 def state(request: Request) -> GatewayState:

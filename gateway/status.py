@@ -18,19 +18,21 @@ async def health(request: Request) -> Response:
 
 
 async def ready(request: Request) -> Response:
-    """The broker answers and every configured model has at least one live worker."""
+    """The broker answers and every configured model has at least one live worker;
+    `workers` counts the live workers of every model served, configured or not."""
     st = state(request)
     try:
         await asyncio.wait_for(st.producer.client.fetch_all_metadata(), timeout=2.0)
         broker = True
     except Exception:
         broker = False
-    models = {m: len(st.registry.live(m)) for m in st.settings.models}
-    views = all(v.caught_up.is_set() for v in (st.keys, st.experiments, st.prices))
-    ok = broker and views and all(models.values())
+    configured = {m: len(st.registry.live(m)) for m in st.settings.models}
+    served = {m.name: len(st.registry.live(m.name)) for m in st.registry.served()}
+    views = all(v.caught_up.is_set() for v in (st.keys, st.experiments, st.prices, st.cache))
+    ok = broker and views and all(configured.values())
     return JSONResponse(
         {"status": "ready" if ok else "unavailable", "broker": broker, "views": views,
-         "workers": models},
+         "workers": {**served, **configured}},
         status_code=200 if ok else 503,
         headers=None if ok else {"Retry-After": "1"},
     )

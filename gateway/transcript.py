@@ -19,6 +19,7 @@ class Transcript:
         self.texts: dict[int, list[str]] = defaultdict(list)
         self.lengths: dict[int, int] = defaultdict(int)
         self.finish: dict[int, str] = {}
+        self.embeddings: dict[int, str] = {}
         self.usage: TokenUsage | None = None
         self._attempt: str | None = None
         self._heard = 0.0
@@ -41,6 +42,9 @@ class Transcript:
         self._heard = now
         fresh = []
         for delta in chunk.choices:
+            if delta.embedding is not None:  # a whole vector, the same in every attempt
+                self.embeddings[delta.index] = delta.embedding
+                continue
             seen = self.lengths[delta.index]
             text = delta.text[max(0, seen - delta.offset):]
             if text:

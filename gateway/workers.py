@@ -22,6 +22,7 @@ MISSED_BEATS = 3
 @dataclass(frozen=True, slots=True)
 class ServedModel:
     name: str
+    task: str
     max_model_len: int
     capacity: int
     since: int
@@ -34,6 +35,7 @@ class WorkerRegistry(Follower):
         super().__init__(consumer)
         self._beats: dict[str, WorkerHeartbeat] = {}
         self._first_seen: dict[str, int] = {}
+        self._tasks: dict[str, str] = {}
         self.configured = tuple(configured)
 
     def on_record(self, key: bytes | None, value: bytes | None) -> None:
@@ -51,6 +53,7 @@ class WorkerRegistry(Follower):
         self._beats[beat.worker_id] = beat
         for name in beat.models:
             self._first_seen.setdefault(name, int(beat.ts))
+            self._tasks[name] = beat.task
 
     def live(self, model: str | None = None) -> list[WorkerHeartbeat]:
         now = time.time()
@@ -64,6 +67,10 @@ class WorkerRegistry(Follower):
         """Configured here, or served by some worker at some point."""
         return model in self.configured or model in self._first_seen
 
+    def task(self, model: str) -> str | None:
+        """What `model`'s workers do ("generate" or "embed"), once one has said."""
+        return self._tasks.get(model)
+
     def served(self) -> list[ServedModel]:
         by_name: dict[str, ServedModel] = {}
         for beat in self.live():
@@ -71,6 +78,7 @@ class WorkerRegistry(Follower):
                 prior = by_name.get(name)
                 by_name[name] = ServedModel(
                     name=name,
+                    task=beat.task,
                     max_model_len=beat.max_model_len,
                     capacity=beat.capacity + (prior.capacity if prior else 0),
                     since=self._first_seen.get(name, int(beat.ts)),

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from inference.exceptions import BadPrompt
-from inference.models import resolve
+from inference.models import CATALOG, resolve
 from inference.settings import Settings
 from schemas.events import InferenceRequested
 
@@ -47,7 +48,9 @@ class Engine:
         self.tokenizer = llm.get_tokenizer()
         self.max_model_len = max_model_len
         self.capacity = capacity
-        self._defaults: dict[str, Any] = llm.model_config.get_diff_sampling_param()
+        self.task = "embed" if llm.model_config.runner_type == "pooling" else "generate"
+        self._defaults: dict[str, Any] = (
+            llm.model_config.get_diff_sampling_param() if self.task == "generate" else {})
 
     @classmethod
     def start(cls, settings: Settings) -> Engine:
@@ -59,15 +62,19 @@ class Engine:
         from vllm.v1.engine.async_llm import AsyncLLM
 
         eager = settings.enforce_eager if settings.enforce_eager is not None else on_cpu
+        known = CATALOG.get(settings.model)
+        embeds = known is not None and known.task == "embed"
         args = AsyncEngineArgs(
             model=resolve(settings.home, settings.model, settings.model_path),
             served_model_name=list(settings.names),
+            runner="pooling" if embeds else "auto",
             dtype=cpu_dtype() if on_cpu and settings.dtype == "auto" else settings.dtype,
-            max_model_len=settings.max_model_len,
+            max_model_len=settings.max_model_len or (known.max_model_len if known else None),
             max_num_seqs=settings.max_num_seqs,
             enforce_eager=eager,
             gpu_memory_utilization=settings.gpu_memory_utilization,
-            enable_prefix_caching=True,
+            # A pooling model's engine decides for itself (an encoder has no prefix cache).
+            enable_prefix_caching=None if embeds else True,
             disable_log_stats=not settings.engine_log_stats,
         )
         llm = AsyncLLM.from_engine_args(args)
@@ -111,6 +118,49 @@ class Engine:
                 param="max_tokens",
             )
         return ids
+
+    def input_ids(self, req: InferenceRequested) -> list[list[int]]:
+        """Tokenize an embedding's inputs, refusing any that cannot fit the context."""
+        out = []
+        vocab = len(self.tokenizer)
+        for i, item in enumerate(req.inputs):
+            param = "input" if len(req.inputs) == 1 else f"input[{i}]"
+            if isinstance(item, str):
+                ids = self.tokenizer.encode(item)
+            else:
+                ids = list(item)
+                if any(not 0 <= t < vocab for t in ids):
+                    raise BadPrompt(f"Token ids must be in [0, {vocab}).", param=param)
+            if len(ids) > self.max_model_len:
+                raise BadPrompt(
+                    f"This model's maximum context length is {self.max_model_len} tokens. "
+                    f"However, {param} has {len(ids)} tokens. Please shorten it.",
+                    code="context_length_exceeded", param=param)
+            out.append(ids)
+        return out
+
+    async def embed(self, request_id: str, inputs: list[list[int]], dimensions: int | None
+                    ) -> list[bytes]:
+        """One vector per input, in order, as little-endian float32 bytes. The engine
+        batches the inputs like any concurrent requests."""
+        from vllm import PoolingParams
+        from vllm.exceptions import VLLMValidationError
+        from vllm.inputs.engine import tokens_input
+
+        params = PoolingParams(task="embed", dimensions=dimensions)
+        try:  # e.g. `dimensions` on a model not trained to be cut (Matryoshka)
+            params.verify(self.llm.model_config)
+        except VLLMValidationError as e:
+            raise BadPrompt(str(e), param="dimensions") from None
+
+        async def one(i: int, ids: list[int]) -> bytes:
+            final = None
+            async for out in self.llm.encode(tokens_input(ids), params, f"{request_id}-{i}"):
+                final = out
+            assert final is not None
+            return final.outputs.data.float().numpy().astype("<f4").tobytes()
+
+        return await asyncio.gather(*(one(i, ids) for i, ids in enumerate(inputs)))
 
     def sampling_params(self, req: InferenceRequested, prompt_len: int) -> Any:
         from vllm import SamplingParams

@@ -7,6 +7,7 @@ redelivered request runs again as a new execution, under a new attempt id.
 
 from __future__ import annotations
 
+import base64
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
@@ -46,6 +47,11 @@ class EngineOutput(Protocol):
     def finished(self) -> bool: ...
     @property
     def num_cached_tokens(self) -> int | None: ...
+
+
+# Vectors per chunk of an embedding's answer: 64 of 384 float32 are about 130 KB, well
+# under a broker's default message limit of 1 MB.
+EMBEDDINGS_PER_CHUNK = 64
 
 
 class Output:
@@ -141,6 +147,19 @@ class Execution:
             return None
         self.status = "completed"
         return self._chunk(self.output.take(final=True), final=True, usage=self._usage)
+
+    def embedded(self, vectors: Sequence[bytes], prompt_tokens: int) -> list[TokenChunk]:
+        """The chunks that answer an embedding: its vectors in input order, a few per
+        chunk, the last one with the usage (prompt tokens only)."""
+        self._usage = TokenUsage(prompt_tokens=prompt_tokens, completion_tokens=0)
+        self.status = "completed"
+        deltas = [ChoiceDelta(index=i, embedding=base64.b64encode(v).decode())
+                  for i, v in enumerate(vectors)]
+        parts = [deltas[i:i + EMBEDDINGS_PER_CHUNK]
+                 for i in range(0, len(deltas), EMBEDDINGS_PER_CHUNK)] or [[]]
+        return [self._chunk(part, final=n == len(parts) - 1,
+                            usage=self._usage if n == len(parts) - 1 else None)
+                for n, part in enumerate(parts)]
 
     def usage(self) -> UsageRecorded:
         """What it reports once ended; its id is the request's, so a redelivery bills once."""

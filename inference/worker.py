@@ -236,6 +236,7 @@ class Worker:
         beat = WorkerHeartbeat(
             worker_id=self.worker_id,
             models=self.settings.names,
+            task=self.engine.task,  # type: ignore[arg-type]
             max_model_len=self.engine.max_model_len,
             capacity=self.engine.capacity,
             in_flight=len(self.running),
@@ -260,6 +261,10 @@ class Worker:
             await self._record(run)
             return
         try:
+            self._check_task(req)
+            if req.kind == "embedding":
+                await self._embed(run)
+                return
             prompt_ids = self.engine.prompt_ids(req)
             params = self.engine.sampling_params(req, len(prompt_ids))
             await self._generate(run, prompt_ids, params)
@@ -282,6 +287,22 @@ class Worker:
         final = run.finish(len(prompt_ids), cancelled=rid in self.cancelled)
         if final is not None:
             await self._reply(run, final)
+        await self._record(run)
+
+    def _check_task(self, req: InferenceRequested) -> None:
+        """An embedding model only embeds, and a chat model only generates."""
+        embeds = self.engine.task == "embed"
+        if (req.kind == "embedding") != embeds:
+            what = "embeddings" if req.kind == "embedding" else f"{req.kind} completions"
+            raise BadPrompt(f"The model '{req.model}' does not support {what}.",
+                            param="model", code="model_not_supported")
+
+    async def _embed(self, run: Execution) -> None:
+        req = run.req
+        inputs = self.engine.input_ids(req)
+        vectors = await self.engine.embed(req.request_id, inputs, req.dimensions)
+        for chunk in run.embedded(vectors, sum(map(len, inputs))):
+            await self._reply(run, chunk)
         await self._record(run)
 
     async def _generate(self, run: Execution, prompt_ids: list[int], params: Any) -> None:

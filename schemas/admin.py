@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from schemas.tiers import Budgets, Limits, Tier
+from schemas.tiers import Budgets, CachePolicy, Limits, Tier
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
@@ -29,6 +29,8 @@ class TenantCreate(_Body):
     default_tier: Tier = "free"
     budgets: Budgets = Field(default=Budgets(),
                              description="Quotas and budgets each new key of the tenant gets.")
+    cache: CachePolicy = Field(default=CachePolicy(),
+                               description="The response cache for keys that set none.")
 
     _tenant = field_validator("tenant")(_check_name)
 
@@ -37,6 +39,7 @@ class TenantUpdate(_Body):
     name: str | None = None
     default_tier: Tier | None = None
     budgets: Budgets | None = None
+    cache: CachePolicy | None = None
     disabled: bool | None = None
 
 
@@ -47,6 +50,7 @@ class KeyCreate(_Body):
     limits: Limits = Limits()
     budgets: Budgets | None = Field(default=None,
                                     description="The tenant's default budgets if unset.")
+    cache: CachePolicy | None = Field(default=None, description="The tenant's if unset.")
 
     _tenant = field_validator("tenant")(_check_name)
 
@@ -56,6 +60,7 @@ class KeyUpdate(_Body):
     tier: Tier | None = None
     limits: Limits | None = None
     budgets: Budgets | None = None
+    cache: CachePolicy | None = None
 
 
 class KeyView(BaseModel):
@@ -68,6 +73,7 @@ class KeyView(BaseModel):
     limits: Limits = Field(description="The limits in force: tier defaults plus overrides.")
     overrides: Limits
     budgets: Budgets
+    cache: CachePolicy | None = Field(description="Its own; the tenant's applies if None.")
     revoked: bool
     created_at: float
     version: int

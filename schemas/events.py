@@ -13,7 +13,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
-from schemas.tiers import Budgets, Limits, Tier
+from schemas.tiers import Budgets, CachePolicy, Limits, Tier
 
 
 def new_id() -> str:
@@ -57,15 +57,25 @@ class Sampling(_Part):
     frequency_penalty: float = 0.0
 
 
+# Whether the response cache answered a request, could have but had nothing, or was not asked.
+CacheState = Literal["hit", "miss", "bypass"]
+
+
 class InferenceRequested(Event):
-    """A request for a worker of `model`, answered on `reply_topic`."""
+    """A request for a worker of `model`, answered on `reply_topic`.
+
+    A chat has `messages`, a completion its `prompt`, and an embedding its `inputs` (texts
+    or token ids), answered with one vector per input in order.
+    """
 
     event_type: Literal["inference_requested"] = "inference_requested"
     request_id: str
     model: str
-    kind: Literal["chat", "completion"]
+    kind: Literal["chat", "completion", "embedding"]
     messages: tuple[Message, ...] = ()
     prompt: str | tuple[int, ...] | None = None
+    inputs: tuple[str | tuple[int, ...], ...] = ()
+    dimensions: int | None = None
     sampling: Sampling = Sampling()
     stream: bool = False
     reply_topic: str
@@ -87,12 +97,17 @@ class InferenceCancelled(Event):
 
 
 class ChoiceDelta(_Part):
-    """New text for one choice. `offset` counts the characters sent before it."""
+    """New text for one choice. `offset` counts the characters sent before it.
+
+    An embedding's choices are its inputs: each carries the whole vector in `embedding`,
+    base64 of little-endian float32 (a quarter of the bytes of JSON numbers).
+    """
 
     index: int = 0
     offset: int = 0
     text: str = ""
     finish_reason: str | None = None
+    embedding: str | None = None
 
 
 class TokenUsage(_Part):
@@ -178,7 +193,7 @@ class RequestCompleted(Event):
         default=None, description="Unix time the request took its concurrency slot; it "
         "held the slot until `ts`.")
     disconnected: bool = False
-    cache: Literal["hit", "miss", "bypass"] = "bypass"
+    cache: CacheState = "bypass"
 
 
 class RequestRejected(Event):
@@ -206,6 +221,7 @@ class WorkerHeartbeat(Event):
     event_type: Literal["worker_heartbeat"] = "worker_heartbeat"
     worker_id: str
     models: tuple[str, ...]
+    task: Literal["generate", "embed"] = "generate"
     max_model_len: int
     capacity: int
     in_flight: int
@@ -228,6 +244,7 @@ class KeyState(Event):
     secret_hash: str = Field(description="SHA-256 of the secret, hex; the secret is never kept.")
     limits: Limits = Limits()
     budgets: Budgets = Budgets()
+    cache: CachePolicy | None = Field(default=None, description="The tenant's if unset.")
     revoked: bool = False
     created_at: float
     version: int = 1
@@ -242,6 +259,7 @@ class TenantState(Event):
     name: str | None = None
     default_tier: Tier = "free"
     budgets: Budgets = Budgets()
+    cache: CachePolicy = CachePolicy()
     disabled: bool = False
     created_at: float
     version: int = 1
@@ -396,18 +414,31 @@ class LedgerEntry(Event):
     month: str = Field(description="UTC month of `occurred_at`, YYYY-MM.")
 
 
+class CachedChoice(_Part):
+    text: str
+    finish_reason: str | None = None
+
+
 class CacheHit(Event):
+    """A request answered from the response cache instead of by a worker."""
+
     event_type: Literal["cache_hit"] = "cache_hit"
     request_id: str
     cache_key: str
     key_id: str | None = None
     tenant: str | None = None
     model: str
-    prompt_tokens: int
+    prompt_tokens: int = Field(description="What the stored answer's request used, saved.")
     completion_tokens: int
+    stored_request_id: str | None = Field(default=None,
+                                          description="The request whose answer was reused.")
+    gateway_id: str | None = None
 
 
 class CacheStored(Event):
+    """An answer stored for reuse: the whole entry, so any replica rebuilds the cache from
+    the topic. Entries are scoped to their tenant by `cache_key`."""
+
     event_type: Literal["cache_stored"] = "cache_stored"
     request_id: str
     cache_key: str
@@ -415,6 +446,10 @@ class CacheStored(Event):
     tenant: str | None = None
     model: str
     size_bytes: int
+    expires_at: float = 0.0
+    choices: tuple[CachedChoice, ...] = ()
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
 
 
 class CacheEvicted(Event):
@@ -424,6 +459,7 @@ class CacheEvicted(Event):
     tenant: str | None = None
     model: str
     reason: Literal["expired", "capacity"]
+    gateway_id: str | None = None
 
 
 AnyEvent = Annotated[

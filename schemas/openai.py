@@ -102,10 +102,16 @@ class CompletionRequest(_Sampling):
 # -- responses --------------------------------------------------------------------------
 
 
+class PromptTokensDetails(_Response):
+    cached_tokens: int = 0
+
+
 class Usage(_Response):
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
+    # Prompt tokens the engine found in its prefix cache, as OpenAI reports its own.
+    prompt_tokens_details: PromptTokensDetails | None = None
 
 
 class ResponseMessage(_Response):
@@ -168,6 +174,32 @@ class Completion(_Response):
     model: str
     choices: list[CompletionChoice]
     usage: Usage | None = None
+
+
+class EmbeddingRequest(_Request):
+    model: str
+    input: str | list[str] | list[int] | list[list[int]]
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: int | None = Field(default=None, ge=1)
+    user: str | None = None
+
+
+class Embedding(_Response):
+    object: Literal["embedding"] = "embedding"
+    embedding: list[float] | str  # a base64 string of little-endian float32 when asked
+    index: int
+
+
+class EmbeddingUsage(_Response):
+    prompt_tokens: int
+    total_tokens: int
+
+
+class CreateEmbeddingResponse(_Response):
+    object: Literal["list"] = "list"
+    data: list[Embedding]
+    model: str
+    usage: EmbeddingUsage
 
 
 class ModelCard(_Response):

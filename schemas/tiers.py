@@ -67,6 +67,21 @@ class Budgets(BaseModel):
     monthly_spend_micros: Budget = Budget()
 
 
+CacheMode = Literal["off", "exact"]
+
+
+class CachePolicy(BaseModel):
+    """Whether a key's reproducible requests (temperature 0, or a `seed`) may be answered
+    from the response cache, and for how long an answer stays there. `exact` reuses the
+    answer to a request the same in every part that shapes the answer.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+
+    mode: CacheMode = "off"
+    ttl_s: Annotated[int, Field(ge=1, le=30 * 86_400)] = 3_600
+
+
 # The names, for code that lists them (CLI flags, the quota checks): taken from the models
 # so that a limit or budget added there reaches every such list.
 LIMIT_NAMES: tuple[str, ...] = tuple(Limits.model_fields)

@@ -30,6 +30,7 @@ from broker import PROFILES, Broker
 ROOT = Path(__file__).resolve().parent.parent
 OUTPUT = Path(os.environ.get("SLUICE_TEST_OUTPUT", ROOT / "test-output"))
 MODEL = "smollm2-135m-instruct"
+EMBEDDING_MODEL = "all-minilm-l6-v2"
 ENGINE_START_S = 240.0
 
 # Each lane needs more than the one before it.
@@ -37,7 +38,7 @@ LANES = ("unit", "broker", "engine", "e2e")
 # The fixtures that bring a lane in; a fixture built on one of them (`streams_app` on
 # `bootstrap`, `gateway` on `home`) brings it in too, being in the test's closure.
 LANE_FIXTURES = {
-    "engine": {"home", "worker", "client"},
+    "engine": {"home", "worker", "embedder", "client"},
     "broker": {"bootstrap", "clickhouse"},
 }
 E2E = ROOT / "tests" / "e2e"
@@ -182,7 +183,8 @@ def home() -> Path:
     from inference import models
 
     path = Path(os.environ.get("SLUICE_HOME", Path.home() / ".cache" / "sluice"))
-    models.prepare(path, MODEL, show_progress=False)
+    for name in (MODEL, EMBEDDING_MODEL):
+        models.prepare(path, name, show_progress=False)
     return path
 
 
@@ -250,9 +252,10 @@ def start_gateway(name: str, env: dict[str, str], **settings: str) -> Gateway:
     return gw
 
 
-def start_worker(name: str, env: dict[str, str], gateway: Gateway, expect: int) -> Proc:
-    proc = Proc(name, ["worker", "--model", MODEL], {**env, "SLUICE_WORKER_ID": name})
-    wait_until(lambda: gateway.live_workers() >= expect, ENGINE_START_S,
+def start_worker(name: str, env: dict[str, str], gateway: Gateway, expect: int,
+                 model: str = MODEL) -> Proc:
+    proc = Proc(name, ["worker", "--model", model], {**env, "SLUICE_WORKER_ID": name})
+    wait_until(lambda: gateway.live_workers(model) >= expect, ENGINE_START_S,
                f"{name} to send heartbeats", proc)
     return proc
 
@@ -270,6 +273,24 @@ def worker(stack_env: dict[str, str], gateway: Gateway) -> Iterator[Proc]:
     proc = start_worker("worker", stack_env, gateway, expect=1)
     yield proc
     proc.stop(60)
+
+
+@pytest.fixture(scope="session")
+def embedder(stack_env: dict[str, str], gateway: Gateway) -> Iterator[Proc]:
+    """A worker of the embedding model (it serves no other name)."""
+    env = {**stack_env, "SLUICE_SERVED_NAMES": "", "SLUICE_KV_CACHE_GIB": "1"}
+    proc = start_worker("embedder", env, gateway, expect=1, model=EMBEDDING_MODEL)
+    yield proc
+    proc.stop(60)
+
+
+@pytest.fixture(scope="module")
+def gateway_b(stack_env: dict[str, str], gateway: Gateway, worker: Proc) -> Iterator[Gateway]:
+    """A second replica on the same broker, with its own reply topic."""
+    gw = start_gateway("gateway-b", stack_env, gateway_id="gateway-b")
+    wait_until(lambda: gw.live_workers() >= 1, 30, "gateway-b to see the worker", gw.proc)
+    yield gw
+    gw.proc.stop(30)
 
 
 def admin(gateway: Gateway) -> httpx.Client:

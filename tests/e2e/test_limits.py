@@ -6,14 +6,12 @@ import asyncio
 import collections
 import time
 import uuid
-from collections.abc import Iterator
 
 import httpx
-import pytest
 
 from schemas import topics
 from schemas.events import BudgetAlert, RequestCompleted
-from tests.conftest import MODEL, Gateway, Proc, admin, create_key, start_gateway, wait_until
+from tests.conftest import MODEL, Gateway, admin, create_key, start_gateway, wait_until
 from tests.events import read_events
 
 RATE_HEADERS = tuple(f"x-ratelimit-{what}-{unit}" for unit in ("requests", "tokens")
@@ -27,15 +25,6 @@ def _tenant() -> str:
 def _body(max_tokens: int = 1, stream: bool = False) -> dict[str, object]:
     return {"model": MODEL, "max_tokens": max_tokens, "temperature": 0, "stream": stream,
             "messages": [{"role": "user", "content": "Say hi."}]}
-
-
-@pytest.fixture(scope="module")
-def gateway_b(stack_env: dict[str, str], gateway: Gateway, worker: Proc) -> Iterator[Gateway]:
-    """A second replica on the same broker, with its own reply topic."""
-    gw = start_gateway("gateway-b", stack_env, gateway_id="gateway-b")
-    wait_until(lambda: gw.live_workers() >= 1, 30, "gateway-b to see the worker", gw.proc)
-    yield gw
-    gw.proc.stop(30)
 
 
 async def _flood(gateways: list[Gateway], secret: str, n: int, body: dict[str, object]

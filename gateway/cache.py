@@ -1,0 +1,199 @@
+"""The response cache: answers to reproducible requests, reused for the same tenant.
+
+A request may be answered from the cache when its answer is reproducible (temperature 0,
+or a `seed`), its key's policy allows (`CachePolicy`, the key's or its tenant's), and the
+client did not say `Cache-Control: no-cache` (do not read) or `no-store` (neither read
+nor write). Entries are keyed by the tenant and every part of the request that shapes
+the answer, so one tenant never receives another's.
+
+Every stored entry is a `CacheStored` event on `sluice.cache`, whole; each replica
+rebuilds its cache from the topic at start and follows it, so an answer stored through
+one replica is a hit on all of them. Memory is bounded (LRU by bytes) and entries expire
+at their TTL; a replica's own evictions are `CacheEvicted` events, its hits `CacheHit`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+from aiokafka import AIOKafkaConsumer
+from pydantic import ValidationError
+
+from gateway.follow import Follower
+from gateway.transcript import Transcript
+from schemas import topics
+from schemas.events import (
+    CachedChoice,
+    CacheEvicted,
+    CacheHit,
+    CacheState,
+    CacheStored,
+    Event,
+    InferenceRequested,
+    TokenUsage,
+    decode,
+)
+from schemas.tiers import CachePolicy
+
+log = logging.getLogger("sluice.gateway.cache")
+
+HEADER = "x-sluice-cache"
+
+
+def reproducible(event: InferenceRequested) -> bool:
+    """Whether the engine gives this request the same answer every time."""
+    s = event.sampling
+    return event.kind != "embedding" and (s.temperature == 0 or s.seed is not None)
+
+
+def cache_key(event: InferenceRequested) -> str:
+    """The tenant and everything that shapes the answer; not how it is delivered."""
+    shape = event.model_dump(mode="json", include={"tenant", "model", "kind", "messages",
+                                                   "prompt", "sampling"})
+    return hashlib.sha256(json.dumps(shape, sort_keys=True).encode()).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class Lookup:
+    """What the cache decided for one request."""
+
+    state: CacheState
+    key: str | None = None
+    entry: CacheStored | None = None
+    store: bool = False
+    ttl_s: int = 0
+
+
+def directives(cache_control: str | None) -> set[str]:
+    return {d.strip().lower() for d in (cache_control or "").split(",") if d.strip()}
+
+
+class ResponseCache(Follower):
+    topic = topics.CACHE
+
+    def __init__(self, consumer: AIOKafkaConsumer, gateway_id: str, *, max_bytes: int,
+                 publish: Callable[[Event, str], None] | None = None) -> None:
+        super().__init__(consumer)
+        self.gateway_id = gateway_id
+        self.max_bytes = max_bytes
+        self.bytes = 0
+        self._entries: OrderedDict[str, CacheStored] = OrderedDict()
+        self._publish = publish
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    # -- the request path ---------------------------------------------------------------
+
+    def lookup(self, event: InferenceRequested, policy: CachePolicy,
+               cache_control: str | None) -> Lookup:
+        asked = directives(cache_control)
+        if policy.mode == "off" or "no-store" in asked or not reproducible(event):
+            return Lookup("bypass")
+        key = cache_key(event)
+        entry = None if "no-cache" in asked else self.get(key)
+        if entry is not None:
+            return Lookup("hit", key, entry)
+        return Lookup("miss", key, store=True, ttl_s=policy.ttl_s)
+
+    def get(self, key: str, now: float | None = None) -> CacheStored | None:
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        if entry.expires_at <= (now or time.time()):
+            self._drop(key, "expired")
+            return None
+        self._entries.move_to_end(key)
+        return entry
+
+    def hit(self, event: InferenceRequested, found: Lookup) -> None:
+        entry = found.entry
+        assert entry is not None and found.key is not None
+        self._emit(CacheHit(
+            request_id=event.request_id, cache_key=found.key, key_id=event.key_id,
+            tenant=event.tenant, model=event.model, prompt_tokens=entry.prompt_tokens,
+            completion_tokens=entry.completion_tokens, stored_request_id=entry.request_id,
+            gateway_id=self.gateway_id), found.key)
+
+    def store(self, event: InferenceRequested, found: Lookup, t: Transcript) -> None:
+        """Keep a fresh, complete answer, and tell the other replicas."""
+        if not found.store or found.key is None or t.usage is None:
+            return
+        n = event.sampling.n
+        if any(t.finish.get(i) not in ("stop", "length") for i in range(n)):
+            return  # cut short (aborted, failed): not the answer the request would get
+        choices = tuple(CachedChoice(text=t.text(i), finish_reason=t.finish[i])
+                        for i in range(n))
+        entry = CacheStored(
+            request_id=event.request_id, cache_key=found.key, key_id=event.key_id,
+            tenant=event.tenant, model=event.model,
+            size_bytes=sum(len(c.text.encode()) for c in choices),
+            expires_at=time.time() + found.ttl_s, choices=choices,
+            prompt_tokens=t.usage.prompt_tokens, completion_tokens=t.usage.completion_tokens)
+        self.put(entry)
+        self._emit(entry, found.key)
+
+    # -- the entries --------------------------------------------------------------------
+
+    def put(self, entry: CacheStored) -> None:
+        if entry.expires_at <= time.time():
+            return
+        old = self._entries.pop(entry.cache_key, None)
+        if old is not None:
+            self.bytes -= _footprint(old)
+        self._entries[entry.cache_key] = entry
+        self.bytes += _footprint(entry)
+        while self.bytes > self.max_bytes and self._entries:
+            self._drop(next(iter(self._entries)), "capacity")
+
+    def _drop(self, key: str, reason: Literal["expired", "capacity"]) -> None:
+        entry = self._entries.pop(key)
+        self.bytes -= _footprint(entry)
+        if self.caught_up.is_set():  # replaying the topic at start evicts quietly
+            self._emit(CacheEvicted(cache_key=key, key_id=entry.key_id, tenant=entry.tenant,
+                                    model=entry.model, reason=reason,
+                                    gateway_id=self.gateway_id), key)
+
+    def _emit(self, event: Event, key: str) -> None:
+        if self._publish is not None:
+            self._publish(event, key)
+
+    def on_record(self, key: bytes | None, value: bytes | None) -> None:
+        if value is None:
+            return
+        try:
+            event = decode(value)
+        except ValidationError:
+            log.warning("skipping an unreadable record on %s", self.topic)
+            return
+        if isinstance(event, CacheStored):
+            if (held := self._entries.get(event.cache_key)) is None or \
+                    held.event_id != event.event_id:
+                self.put(event)
+        elif isinstance(event, CacheHit) and event.cache_key in self._entries:
+            self._entries.move_to_end(event.cache_key)  # recently used on some replica
+
+
+def _footprint(entry: CacheStored) -> int:
+    """Bytes an entry holds, roughly: its texts and a fixed overhead."""
+    return entry.size_bytes + 512
+
+
+def replay(entry: CacheStored, failover_after_s: float) -> Transcript:
+    """A transcript holding a stored answer, for a renderer to show."""
+    t = Transcript(failover_after_s)
+    for i, choice in enumerate(entry.choices):
+        t.texts[i].append(choice.text)
+        t.lengths[i] = len(choice.text)
+        if choice.finish_reason:
+            t.finish[i] = choice.finish_reason
+    t.usage = TokenUsage(prompt_tokens=entry.prompt_tokens,
+                         completion_tokens=entry.completion_tokens)
+    return t
