@@ -221,7 +221,8 @@ async def set_price(request: Request) -> Response:
         output_micros_per_million=body.output_micros_per_million,
         cached_micros_per_million=(body.cached_micros_per_million
                                    if body.cached_micros_per_million is not None
-                                   else body.input_micros_per_million))
+                                   else body.input_micros_per_million),
+        cache_hit_micros_per_million=body.cache_hit_micros_per_million)
     schedule = PriceSchedule(model=model, versions=(*versions, version))
     await _publish(st, topics.PRICES, model.encode(), schedule)
     st.prices.apply(schedule)

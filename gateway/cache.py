@@ -38,6 +38,7 @@ from schemas.events import (
     Event,
     InferenceRequested,
     TokenUsage,
+    UsageRecorded,
     decode,
 )
 from schemas.tiers import CachePolicy
@@ -113,7 +114,8 @@ class ResponseCache(Follower):
         self._entries.move_to_end(key)
         return entry
 
-    def hit(self, event: InferenceRequested, found: Lookup) -> None:
+    def hit(self, event: InferenceRequested, found: Lookup, latency_ms: float) -> UsageRecorded:
+        """Record a hit; returns its usage, to be billed at the model's cache-hit price."""
         entry = found.entry
         assert entry is not None and found.key is not None
         self._emit(CacheHit(
@@ -121,6 +123,14 @@ class ResponseCache(Follower):
             tenant=event.tenant, model=event.model, prompt_tokens=entry.prompt_tokens,
             completion_tokens=entry.completion_tokens, stored_request_id=entry.request_id,
             gateway_id=self.gateway_id), found.key)
+        return UsageRecorded(
+            request_id=event.request_id, model=event.model, key_id=event.key_id,
+            tenant=event.tenant, user=event.user, variant=event.variant,
+            experiment_id=event.experiment_id, worker_id=f"cache:{self.gateway_id}",
+            status="completed", finish_reason=entry.choices[0].finish_reason,
+            prompt_tokens=0, completion_tokens=0,
+            cache_hit_tokens=entry.prompt_tokens + entry.completion_tokens,
+            ttft_ms=latency_ms, latency_ms=latency_ms)
 
     def store(self, event: InferenceRequested, found: Lookup, t: Transcript) -> None:
         """Keep a fresh, complete answer, and tell the other replicas."""

@@ -24,6 +24,7 @@ from gateway.keys import Principal
 from gateway.state import state
 from gateway.streaming import sse
 from gateway.transcript import Transcript
+from schemas import topics
 from schemas.events import ChoiceDelta, InferenceRequested
 from schemas.openai import FinishReason, PromptTokensDetails, StreamOptions, Usage
 
@@ -192,9 +193,11 @@ def _from_cache(call: Call, found: cache.Lookup, renderer: Renderer[Any],
                 headers: dict[str, str]) -> Response:
     """The stored answer in the shape a fresh one has, streamed or whole."""
     assert found.entry is not None
+    st = call.st
     t = call.transcript = cache.replay(found.entry, 0.0)
     call.first_token_at = time.perf_counter()
-    call.st.cache.hit(call.event, found)
+    usage = st.cache.hit(call.event, found, (call.first_token_at - call.started) * 1000)
+    st.outcomes.publish(topics.USAGE, usage, usage.key_id)
     call.finish()
     if not call.event.stream:
         return Response(renderer.whole(t).model_dump_json(), media_type="application/json",

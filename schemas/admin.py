@@ -90,6 +90,8 @@ class PriceSet(_Body):
     output_micros_per_million: Micros
     cached_micros_per_million: Micros | None = Field(
         default=None, description="The input price if unset.")
+    cache_hit_micros_per_million: Micros = Field(
+        default=0, description="For each token of an answer served from the response cache.")
     effective_from: float | None = Field(default=None, description="Now if unset (Unix s).")
 
 

@@ -162,6 +162,8 @@ class UsageRecorded(Event):
     prompt_tokens: int
     completion_tokens: int
     cached_tokens: int = 0
+    cache_hit_tokens: int = Field(default=0, description="Tokens of an answer served from the "
+                                  "response cache (the engine's counts are then 0).")
     queue_ms: float = 0.0
     ttft_ms: float | None = None
     latency_ms: float = 0.0
@@ -273,6 +275,8 @@ class PriceVersion(_Part):
     input_micros_per_million: int = Field(ge=0)
     output_micros_per_million: int = Field(ge=0)
     cached_micros_per_million: int = Field(ge=0)
+    cache_hit_micros_per_million: int = Field(default=0, ge=0, description="For the tokens "
+                                              "of an answer served from the response cache.")
 
 
 class PriceSchedule(Event):
@@ -407,8 +411,11 @@ class LedgerEntry(Event):
     input_micros: int = Field(description="Micro-dollars for the uncached prompt tokens.")
     output_micros: int = Field(description="Micro-dollars for the completion tokens.")
     cached_micros: int = Field(description="Micro-dollars for the cached prompt tokens.")
-    cost_micros: int = Field(description="input_micros + output_micros + cached_micros; "
-                             "1,000,000 micro-dollars are 1 USD.")
+    cache_hit_tokens: int = Field(default=0, description="Tokens of an answer served from the "
+                                  "response cache, billed at the cache price.")
+    cache_hit_micros: int = Field(default=0, description="Micro-dollars for them.")
+    cost_micros: int = Field(description="input_micros + output_micros + cached_micros + "
+                             "cache_hit_micros; 1,000,000 micro-dollars are 1 USD.")
     occurred_at: float = Field(description="When the usage happened (Unix s, UTC).")
     day: str = Field(description="UTC day of `occurred_at`, YYYY-MM-DD.")
     month: str = Field(description="UTC month of `occurred_at`, YYYY-MM.")

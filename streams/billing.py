@@ -14,7 +14,8 @@ def _cost(tokens: int, micros_per_million: int) -> int:
 
 
 def price(usage: UsageRecorded, schedule: PriceSchedule | None) -> LedgerEntry:
-    """The ledger entry for `usage`. Cached prompt tokens are billed at the cached rate.
+    """The ledger entry for `usage`. Cached prompt tokens are billed at the cached rate, an
+    answer from the response cache at the cache-hit rate.
 
     The entry is a function of the usage event and the schedule only (even its `ts` is
     the usage's), so pricing an event again after a crash sends the very same entry.
@@ -23,11 +24,12 @@ def price(usage: UsageRecorded, schedule: PriceSchedule | None) -> LedgerEntry:
     cached = min(usage.cached_tokens, usage.prompt_tokens)
     fresh = usage.prompt_tokens - cached
     if version is None:
-        input_micros = output_micros = cached_micros = 0
+        input_micros = output_micros = cached_micros = hit_micros = 0
     else:
         input_micros = _cost(fresh, version.input_micros_per_million)
         output_micros = _cost(usage.completion_tokens, version.output_micros_per_million)
         cached_micros = _cost(cached, version.cached_micros_per_million)
+        hit_micros = _cost(usage.cache_hit_tokens, version.cache_hit_micros_per_million)
     day, month = periods(usage.ts)
     return LedgerEntry(
         event_id=f"ledger:{usage.event_id}",
@@ -47,7 +49,9 @@ def price(usage: UsageRecorded, schedule: PriceSchedule | None) -> LedgerEntry:
         input_micros=input_micros,
         output_micros=output_micros,
         cached_micros=cached_micros,
-        cost_micros=input_micros + output_micros + cached_micros,
+        cache_hit_tokens=usage.cache_hit_tokens,
+        cache_hit_micros=hit_micros,
+        cost_micros=input_micros + output_micros + cached_micros + hit_micros,
         occurred_at=usage.ts,
         day=day,
         month=month,

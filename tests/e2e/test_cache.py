@@ -10,8 +10,8 @@ import httpx
 import pytest
 
 from schemas import topics
-from schemas.events import CacheHit, CacheStored, RequestCompleted
-from tests.conftest import MODEL, Gateway, Proc, admin, create_key
+from schemas.events import CacheHit, CacheStored, LedgerEntry, RequestCompleted
+from tests.conftest import MODEL, Gateway, Proc, admin, create_key, wait_until
 from tests.events import read_events
 from tests.openai_spec import validate
 
@@ -185,3 +185,35 @@ def test_a_bad_policy_is_refused(gateway: Gateway, cache: object) -> None:
     assert r.status_code == 400, r.text
     error = r.json()["error"]
     assert error["type"] == "invalid_request_error" and "cache" in (error["param"] or "")
+
+
+def test_a_hit_is_billed_at_the_models_cache_price(
+        bootstrap: str, gateway: Gateway, stack_env: dict[str, str],
+        cached_key: dict[str, object]) -> None:
+    with admin(gateway) as http:
+        r = http.put(f"/v1/admin/prices/{MODEL}", json={
+            "input_micros_per_million": 1_000_000, "output_micros_per_million": 2_000_000,
+            "cache_hit_micros_per_million": 250_000})
+        assert r.status_code == 200, r.text
+    version = r.json()["versions"][-1]
+    assert version["cache_hit_micros_per_million"] == 250_000
+
+    def billed_with_it() -> bool:
+        got = httpx.get(f"{stack_env['SLUICE_STREAMS_URL']}/prices/{MODEL}", timeout=5)
+        return got.status_code == 200 and got.json()["versions"][-1] == version
+
+    wait_until(billed_with_it, 30, "the streams app to see the new price")
+    body = _body(_question())
+    fresh = _post(gateway, cached_key["secret"], body).json()
+    hit = _post(gateway, cached_key["secret"], body)
+    assert hit.headers["x-sluice-cache"] == "hit"
+    rid = hit.headers["x-request-id"]
+    entries = read_events(bootstrap, topics.LEDGER, lambda ev: any(
+        isinstance(e, LedgerEntry) and e.request_id == rid for e in ev), 30)
+    entry = next(e for e in entries if isinstance(e, LedgerEntry) and e.request_id == rid)
+    tokens = fresh["usage"]["prompt_tokens"] + fresh["usage"]["completion_tokens"]
+    assert entry.price_version == version["version"]
+    assert (entry.prompt_tokens, entry.completion_tokens, entry.cache_hit_tokens) == (
+        0, 0, tokens)
+    assert entry.cache_hit_micros == (tokens * 250_000 + 500_000) // 1_000_000
+    assert entry.cost_micros == entry.cache_hit_micros
