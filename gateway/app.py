@@ -28,6 +28,7 @@ from gateway import (
 from gateway.auth import IpLimiter
 from gateway.cache import ResponseCache
 from gateway.capacity import Capacity
+from gateway.embedder import PromptEmbedder
 from gateway.exceptions import GatewayError
 from gateway.experiments import ExperimentBook
 from gateway.keys import KeyStore, Principal
@@ -92,6 +93,9 @@ def create_app(settings: Settings | None = None) -> Starlette:
             prices=prices,
             streams=streams,
             cache=cache,
+            embedder=PromptEmbedder(producer, replies, registry, settings.cache_embedding_model,
+                                    partitions=settings.inference_partitions,
+                                    timeout=settings.cache_embedding_timeout_s),
         )
         loops = [asyncio.create_task(f.run()) for f in followers]
         loops.append(asyncio.create_task(_sweep_leases(leases, keys)))

@@ -6,6 +6,10 @@ client did not say `Cache-Control: no-cache` (do not read) or `no-store` (neithe
 nor write). Entries are keyed by the tenant and every part of the request that shapes
 the answer, so one tenant never receives another's.
 
+A `semantic` key's chat that misses exactly is embedded (its last message, by a worker of
+the embedding model) and answered by the nearest entry of its scope if similar enough:
+the same tenant, model, parameters, earlier messages and numbers in the last one.
+
 Every stored entry is a `CacheStored` event on `sluice.cache`, whole; each replica
 rebuilds its cache from the topic at start and follows it, so an answer stored through
 one replica is a hit on all of them. Memory is bounded (LRU by bytes) and entries expire
@@ -17,15 +21,18 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
+import numpy as np
 from aiokafka import AIOKafkaConsumer
 from pydantic import ValidationError
 
+from gateway.embedder import PromptEmbedder, decode_vector, encode_vector
 from gateway.follow import Follower
 from gateway.transcript import Transcript
 from schemas import topics
@@ -61,6 +68,19 @@ def cache_key(event: InferenceRequested) -> str:
     return hashlib.sha256(json.dumps(shape, sort_keys=True).encode()).hexdigest()
 
 
+_NUMBER = re.compile(r"\d+(?:[.,]\d+)*")
+
+
+def semantic_scope(event: InferenceRequested) -> str:
+    """What a semantic neighbour must share: the exact key's parts but the last message's
+    words, plus the numbers in it (embeddings barely tell "2 + 2" from "2 + 3")."""
+    *earlier, last = event.messages
+    shape = event.model_dump(mode="json", include={"tenant", "model", "sampling"})
+    shape["earlier"] = [m.model_dump(mode="json") for m in earlier]
+    shape["last"] = {"role": last.role, "numbers": _NUMBER.findall(last.content)}
+    return hashlib.sha256(json.dumps(shape, sort_keys=True).encode()).hexdigest()
+
+
 @dataclass(frozen=True, slots=True)
 class Lookup:
     """What the cache decided for one request."""
@@ -70,6 +90,9 @@ class Lookup:
     entry: CacheStored | None = None
     store: bool = False
     ttl_s: int = 0
+    scope: str | None = None  # semantic lookups only: where it looked,
+    vector: np.ndarray | None = None  # with the last message's embedding
+    similarity: float | None = None  # and how near the entry it found is
 
 
 def directives(cache_control: str | None) -> set[str]:
@@ -86,6 +109,7 @@ class ResponseCache(Follower):
         self.max_bytes = max_bytes
         self.bytes = 0
         self._entries: OrderedDict[str, CacheStored] = OrderedDict()
+        self._scopes: dict[str, dict[str, np.ndarray]] = {}  # semantic: scope -> key -> vector
         self._publish = publish
 
     def __len__(self) -> int:
@@ -103,6 +127,39 @@ class ResponseCache(Follower):
         if entry is not None:
             return Lookup("hit", key, entry)
         return Lookup("miss", key, store=True, ttl_s=policy.ttl_s)
+
+    async def similar(self, event: InferenceRequested, found: Lookup, policy: CachePolicy,
+                      cache_control: str | None, embedder: PromptEmbedder) -> Lookup:
+        """After an exact miss, a semantic key's chat looks for the nearest entry of its
+        scope; without an embedding worker it stays an exact miss."""
+        if (found.state != "miss" or policy.mode != "semantic" or event.kind != "chat"
+                or not event.messages or not embedder.available()):
+            return found
+        vector = await embedder.embed(event.messages[-1].content)
+        if vector is None:
+            return found
+        scope = semantic_scope(event)
+        found = replace(found, scope=scope, vector=vector)
+        if "no-cache" in directives(cache_control):
+            return found
+        best, similarity = self.nearest(scope, vector)
+        if best is None or similarity < policy.similarity:
+            return found
+        entry = self.get(best)
+        if entry is None:
+            return found
+        return replace(found, state="hit", key=best, entry=entry, store=False,
+                       similarity=similarity)
+
+    def nearest(self, scope: str, vector: np.ndarray) -> tuple[str | None, float]:
+        """The entry of `scope` whose embedding is nearest `vector`, and its similarity."""
+        held = self._scopes.get(scope)
+        if not held:
+            return None, -1.0
+        keys = list(held)
+        similarities = np.stack([held[k] for k in keys]) @ vector
+        i = int(np.argmax(similarities))
+        return keys[i], float(similarities[i])
 
     def get(self, key: str, now: float | None = None) -> CacheStored | None:
         entry = self._entries.get(key)
@@ -122,7 +179,7 @@ class ResponseCache(Follower):
             request_id=event.request_id, cache_key=found.key, key_id=event.key_id,
             tenant=event.tenant, model=event.model, prompt_tokens=entry.prompt_tokens,
             completion_tokens=entry.completion_tokens, stored_request_id=entry.request_id,
-            gateway_id=self.gateway_id), found.key)
+            similarity=found.similarity, gateway_id=self.gateway_id), found.key)
         return UsageRecorded(
             request_id=event.request_id, model=event.model, key_id=event.key_id,
             tenant=event.tenant, user=event.user, variant=event.variant,
@@ -146,7 +203,9 @@ class ResponseCache(Follower):
             tenant=event.tenant, model=event.model,
             size_bytes=sum(len(c.text.encode()) for c in choices),
             expires_at=time.time() + found.ttl_s, choices=choices,
-            prompt_tokens=t.usage.prompt_tokens, completion_tokens=t.usage.completion_tokens)
+            prompt_tokens=t.usage.prompt_tokens, completion_tokens=t.usage.completion_tokens,
+            embedding=None if found.vector is None else encode_vector(found.vector),
+            scope=found.scope)
         self.put(entry)
         self._emit(entry, found.key)
 
@@ -155,17 +214,27 @@ class ResponseCache(Follower):
     def put(self, entry: CacheStored) -> None:
         if entry.expires_at <= time.time():
             return
-        old = self._entries.pop(entry.cache_key, None)
-        if old is not None:
-            self.bytes -= _footprint(old)
+        if entry.cache_key in self._entries:
+            self._forget(entry.cache_key)
         self._entries[entry.cache_key] = entry
         self.bytes += _footprint(entry)
+        if entry.scope and entry.embedding:
+            self._scopes.setdefault(entry.scope, {})[entry.cache_key] = decode_vector(
+                entry.embedding)
         while self.bytes > self.max_bytes and self._entries:
             self._drop(next(iter(self._entries)), "capacity")
 
-    def _drop(self, key: str, reason: Literal["expired", "capacity"]) -> None:
+    def _forget(self, key: str) -> CacheStored:
         entry = self._entries.pop(key)
         self.bytes -= _footprint(entry)
+        if entry.scope and (held := self._scopes.get(entry.scope)) is not None:
+            held.pop(key, None)
+            if not held:
+                del self._scopes[entry.scope]
+        return entry
+
+    def _drop(self, key: str, reason: Literal["expired", "capacity"]) -> None:
+        entry = self._forget(key)
         if self.caught_up.is_set():  # replaying the topic at start evicts quietly
             self._emit(CacheEvicted(cache_key=key, key_id=entry.key_id, tenant=entry.tenant,
                                     model=entry.model, reason=reason,
@@ -192,8 +261,8 @@ class ResponseCache(Follower):
 
 
 def _footprint(entry: CacheStored) -> int:
-    """Bytes an entry holds, roughly: its texts and a fixed overhead."""
-    return entry.size_bytes + 512
+    """Bytes an entry holds, roughly: its texts, its embedding and a fixed overhead."""
+    return entry.size_bytes + len(entry.embedding or "") + 512
 
 
 def replay(entry: CacheStored, failover_after_s: float) -> Transcript:

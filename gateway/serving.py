@@ -134,7 +134,9 @@ async def serve(request: Request, event: InferenceRequested, renderer: Renderer[
     cached answer or of a worker's reply."""
     st = state(request)
     principal: Principal = request.state.principal
-    found = st.cache.lookup(event, principal.cache, request.headers.get("cache-control"))
+    asked = request.headers.get("cache-control")
+    found = st.cache.lookup(event, principal.cache, asked)
+    found = await st.cache.similar(event, found, principal.cache, asked, st.embedder)
     hit = found.entry is not None
     admitted = await st.leases.admit(  # a hit is a request too, but it uses no tokens
         principal, 0 if hit else protocol.reservation(event, st.settings.default_reserved_tokens))

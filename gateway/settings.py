@@ -47,6 +47,10 @@ class Settings(SluiceSettings):
         default=512, description="Tokens held for a request that sets no max_tokens.")
     cache_max_mb: int = Field(default=256, ge=1, description="Memory for the response "
                               "cache's answers; the least recently used go first.")
+    cache_embedding_model: str = Field(default="all-minilm-l6-v2", description="Embeds "
+                                       "the prompts of keys with a semantic cache.")
+    cache_embedding_timeout_s: float = Field(default=2.0, description="A lookup without an "
+                                             "embedding by then is an exact one.")
     @property
     def resolved_gateway_id(self) -> str:
         return self.gateway_id or f"{socket.gethostname()}-{self.port}"

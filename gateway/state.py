@@ -12,6 +12,7 @@ from broker.replies import ReplyRouter
 from gateway.auth import IpLimiter
 from gateway.cache import ResponseCache
 from gateway.capacity import Capacity
+from gateway.embedder import PromptEmbedder
 from gateway.experiments import ExperimentBook
 from gateway.keys import KeyStore
 from gateway.leases import LeaseBook
@@ -38,6 +39,7 @@ class GatewayState:
     prices: PriceBook
     streams: httpx.AsyncClient
     cache: ResponseCache
+    embedder: PromptEmbedder
 
 
 def state(request: Request) -> GatewayState:

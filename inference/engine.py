@@ -162,6 +162,12 @@ class Engine:
 
         return await asyncio.gather(*(one(i, ids) for i, ids in enumerate(inputs)))
 
+    async def warm_up(self) -> None:
+        """One small run before serving: an embedding model's first one is slow (seconds on
+        a CPU), and the first client should not pay for it."""
+        if self.task == "embed":
+            await self.embed("warm-up", [self.tokenizer.encode("warm up")], None)
+
     def sampling_params(self, req: InferenceRequested, prompt_len: int) -> Any:
         from vllm import SamplingParams
         from vllm.sampling_params import RequestOutputKind

@@ -28,6 +28,7 @@ async def serve(settings: Settings) -> None:
     gc.collect()
     gc.freeze()
     try:
+        await engine.warm_up()
         if stop.is_set():
             return
         worker = Worker(settings, engine)

@@ -439,6 +439,8 @@ class CacheHit(Event):
     completion_tokens: int
     stored_request_id: str | None = Field(default=None,
                                           description="The request whose answer was reused.")
+    similarity: float | None = Field(default=None, description="Cosine similarity of the "
+                                     "two last messages for a semantic hit; None if exact.")
     gateway_id: str | None = None
 
 
@@ -457,6 +459,10 @@ class CacheStored(Event):
     choices: tuple[CachedChoice, ...] = ()
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    embedding: str | None = Field(default=None, description="The last message's embedding "
+                                  "(base64 of float32, unit length) for semantic lookups.")
+    scope: str | None = Field(default=None, description="What a semantic neighbour must "
+                              "share: tenant, model, parameters, earlier messages (hashed).")
 
 
 class CacheEvicted(Event):

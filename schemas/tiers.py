@@ -67,19 +67,22 @@ class Budgets(BaseModel):
     monthly_spend_micros: Budget = Budget()
 
 
-CacheMode = Literal["off", "exact"]
+CacheMode = Literal["off", "exact", "semantic"]
 
 
 class CachePolicy(BaseModel):
     """Whether a key's reproducible requests (temperature 0, or a `seed`) may be answered
     from the response cache, and for how long an answer stays there. `exact` reuses the
-    answer to a request the same in every part that shapes the answer.
+    answer to a request the same in every part that shapes the answer; `semantic` also
+    reuses it for a chat whose last message means nearly the same (cosine similarity of
+    the two messages' embeddings at least `similarity`), everything else being equal.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
 
     mode: CacheMode = "off"
     ttl_s: Annotated[int, Field(ge=1, le=30 * 86_400)] = 3_600
+    similarity: Annotated[float, Field(ge=0.5, le=1.0)] = 0.95
 
 
 # The names, for code that lists them (CLI flags, the quota checks): taken from the models

@@ -11,7 +11,7 @@ import pytest
 
 from schemas import topics
 from schemas.events import CacheHit, CacheStored, LedgerEntry, RequestCompleted
-from tests.conftest import MODEL, Gateway, Proc, admin, create_key, wait_until
+from tests.conftest import EMBEDDING_MODEL, MODEL, Gateway, Proc, admin, create_key, wait_until
 from tests.events import read_events
 from tests.openai_spec import validate
 
@@ -177,7 +177,8 @@ def test_the_admin_api_sets_the_policy_per_key_or_per_tenant(
 
 @pytest.mark.parametrize("cache", [
     {"mode": "always"}, {"mode": "exact", "ttl_s": 0}, {"mode": "exact", "ttl_s": "60"},
-    {"mode": "exact", "colour": "blue"}, "exact",
+    {"mode": "exact", "colour": "blue"}, "exact", {"mode": "semantic", "similarity": 0.2},
+    {"mode": "semantic", "similarity": 1.5},
 ])
 def test_a_bad_policy_is_refused(gateway: Gateway, cache: object) -> None:
     with admin(gateway) as http:
@@ -217,3 +218,51 @@ def test_a_hit_is_billed_at_the_models_cache_price(
         0, 0, tokens)
     assert entry.cache_hit_micros == (tokens * 250_000 + 500_000) // 1_000_000
     assert entry.cost_micros == entry.cache_hit_micros
+
+
+SEMANTIC = {"mode": "semantic", "ttl_s": 600}
+
+
+def _hit_event(bootstrap: str, request_id: str) -> CacheHit:
+    events = read_events(bootstrap, topics.CACHE, lambda ev: any(
+        isinstance(e, CacheHit) and e.request_id == request_id for e in ev))
+    return next(e for e in events if isinstance(e, CacheHit) and e.request_id == request_id)
+
+
+def test_a_semantic_key_reuses_the_answer_to_a_paraphrase_and_nothing_else(
+        bootstrap: str, gateway: Gateway, worker: Proc, embedder: Proc) -> None:
+    tag = uuid.uuid4().hex[:6]
+    key = create_key(gateway, f"cache-{tag}", tier="enterprise", cache=SEMANTIC)
+    secret = key["secret"]
+    # the embedding worker has joined its group and answers (its first answer can take
+    # longer than a lookup waits, which then stays exact)
+    r = httpx.post(f"{gateway.base_url}/embeddings", timeout=120, json={
+        "model": EMBEDDING_MODEL, "input": "ready?"}, headers={"Authorization": f"Bearer {secret}"})
+    assert r.status_code == 200, r.text
+
+    def ask(question: str, **extra: object) -> httpx.Response:
+        return _post(gateway, secret, _body(question, **extra))
+
+    first = ask(f"What is the capital city of France? (ref {tag})")
+    assert first.headers["x-sluice-cache"] == "miss"
+    again = ask(f"What's the capital city of France? (ref {tag})")
+    assert again.headers["x-sluice-cache"] == "hit"
+    assert again.json()["choices"] == first.json()["choices"]
+    hit = _hit_event(bootstrap, again.headers["x-request-id"])
+    assert hit.similarity is not None and 0.95 <= hit.similarity < 1.0
+    assert hit.stored_request_id == first.headers["x-request-id"]
+    # near in meaning is not the same question: another country, other numbers, other
+    # parameters, another tenant
+    assert ask(f"What is the capital city of Germany? (ref {tag})").headers[
+        "x-sluice-cache"] == "miss"
+    assert ask(f"What is 12 + 30? (ref {tag})").headers["x-sluice-cache"] == "miss"
+    assert ask(f"What is 12 + 31? (ref {tag})").headers["x-sluice-cache"] == "miss"
+    assert ask(f"What's the capital city of France? (ref {tag})", max_tokens=5).headers[
+        "x-sluice-cache"] == "miss"
+    stranger = create_key(gateway, f"cache-other-{tag}", tier="enterprise", cache=SEMANTIC)
+    assert _post(gateway, stranger["secret"], _body(
+        f"What's the capital city of France? (ref {tag})")).headers["x-sluice-cache"] == "miss"
+    # an exact key never answers by similarity
+    exact = create_key(gateway, f"cache-{tag}", tier="enterprise", cache=EXACT)
+    assert _post(gateway, exact["secret"], _body(
+        f"What is the capital of France? (ref {tag})")).headers["x-sluice-cache"] == "miss"

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import time
 
-from gateway.cache import ResponseCache, cache_key, replay
+import numpy as np
+
+from gateway.cache import ResponseCache, cache_key, replay, semantic_scope
+from gateway.embedder import encode_vector, unit
 from gateway.transcript import Transcript
 from schemas.events import (
     CachedChoice,
@@ -119,3 +122,30 @@ def test_replaying_the_topic_rebuilds_it_quietly() -> None:
     for key in ("a", "b", "c"):
         cache.on_record(key.encode(), _entry(key, 100).encode())
     assert len(cache) == 2 and cache.get("a") is None and not sent
+
+
+def _vector(*xs: float) -> np.ndarray:
+    return unit(np.array(xs, dtype="<f4"))
+
+
+def test_semantic_neighbours_share_a_scope_and_numbers() -> None:
+    a, b = _request(question="What is 2 + 2?"), _request(question="What's 2 + 2?")
+    assert semantic_scope(a) == semantic_scope(b)
+    assert semantic_scope(a) != semantic_scope(_request(question="What is 2 + 3?"))
+    assert semantic_scope(a) != semantic_scope(_request(tenant="globex", question="What is 2 + 2?"))
+    assert semantic_scope(a) != semantic_scope(_request(question="What is 2 + 2?", max_tokens=3))
+
+
+def test_the_nearest_entry_of_a_scope_and_its_similarity() -> None:
+    cache, _ = _cache()
+    for key, vector in (("x", _vector(1, 0, 0)), ("y", _vector(0, 1, 0))):
+        cache.put(_entry(key, 10).model_copy(update={
+            "scope": "s", "embedding": encode_vector(vector)}))
+    key, similarity = cache.nearest("s", _vector(0.1, 1, 0))
+    assert key == "y" and 0.99 < similarity < 1.0
+    assert cache.nearest("other", _vector(1, 0, 0)) == (None, -1.0)
+    assert cache.get("y") is not None
+    cache._drop("y", "expired")
+    assert cache.nearest("s", _vector(0.1, 1, 0))[0] == "x"
+    cache._drop("x", "expired")
+    assert cache.nearest("s", _vector(1, 0, 0)) == (None, -1.0) and not cache._scopes
