@@ -14,7 +14,7 @@ from decimal import Decimal
 from typing import Any
 
 from broker.settings import SluiceSettings
-from schemas.tiers import BUDGET_LEVELS, BUDGET_NAMES, LIMIT_NAMES, TIERS
+from schemas.tiers import BUDGET_LEVELS, BUDGET_NAMES, CACHE_MODES, LIMIT_NAMES, TIERS
 
 
 def admin_key() -> str | None:
@@ -77,6 +77,22 @@ def _limit_flags(p: argparse.ArgumentParser) -> None:
                         "monthly_spend_micros.soft=5000000 (repeatable)")
 
 
+def _cache_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--cache", choices=CACHE_MODES,
+                   help="the response cache for its reproducible requests")
+    p.add_argument("--cache-ttl", type=int, metavar="SECONDS")
+    p.add_argument("--cache-similarity", type=float, metavar="COSINE")
+
+
+def _cache(args: argparse.Namespace) -> dict[str, Any]:
+    """The `cache` field of a body, if any cache flag was given."""
+    policy = {"mode": args.cache, "ttl_s": args.cache_ttl,
+              "similarity": args.cache_similarity}
+    if args.cache is None:
+        return {}
+    return {"cache": {k: v for k, v in policy.items() if v is not None}}
+
+
 def _dollars_to_micros(value: str) -> int:
     return int(Decimal(value) * 1_000_000)
 
@@ -89,10 +105,11 @@ def register(sub: Any) -> None:
     create.add_argument("--tier", choices=TIERS)
     create.add_argument("--name")
     _limit_flags(create)
+    _cache_flags(create)
     create.set_defaults(run=lambda a: _print(_call("POST", "/v1/admin/keys", {
         "tenant": a.tenant, **({"tier": a.tier} if a.tier else {}),
         **({"name": a.name} if a.name else {}), "limits": _limits(a),
-        **({"budgets": _budgets(a)} if a.budget else {})})))
+        **({"budgets": _budgets(a)} if a.budget else {}), **_cache(a)})))
     lst = ksub.add_parser("list", help="List keys.")
     lst.add_argument("--tenant")
     lst.set_defaults(run=lambda a: _print(_call(
@@ -104,10 +121,11 @@ def register(sub: Any) -> None:
     update.add_argument("key_id")
     update.add_argument("--tier", choices=TIERS)
     _limit_flags(update)
+    _cache_flags(update)
     update.set_defaults(run=lambda a: _print(_call("PATCH", f"/v1/admin/keys/{a.key_id}", {
         **({"tier": a.tier} if a.tier else {}),
         **({"limits": _limits(a)} if _limits(a) else {}),
-        **({"budgets": _budgets(a)} if a.budget else {})})))
+        **({"budgets": _budgets(a)} if a.budget else {}), **_cache(a)})))
     revoke = ksub.add_parser("revoke", help="Revoke a key on every gateway.")
     revoke.add_argument("key_id")
     revoke.set_defaults(run=lambda a: _print(_call("DELETE", f"/v1/admin/keys/{a.key_id}")))
@@ -120,8 +138,9 @@ def register(sub: Any) -> None:
                          help="the tier its keys get unless they name one")
     tcreate.add_argument("--budget", type=_budget, action="append", metavar="BUDGET.LEVEL=N",
                          help="a quota or budget its new keys get (repeatable)")
+    _cache_flags(tcreate)
     tcreate.set_defaults(run=lambda a: _print(_call("POST", "/v1/admin/tenants", {
-        "tenant": a.tenant, "default_tier": a.tier, "budgets": _budgets(a)})))
+        "tenant": a.tenant, "default_tier": a.tier, "budgets": _budgets(a), **_cache(a)})))
     tsub.add_parser("list").set_defaults(
         run=lambda a: _print(_call("GET", "/v1/admin/tenants")))
 
@@ -132,10 +151,13 @@ def register(sub: Any) -> None:
     pset.add_argument("--input", required=True, help="$ per million input tokens")
     pset.add_argument("--output", required=True, help="$ per million output tokens")
     pset.add_argument("--cached", help="$ per million cached input tokens")
+    pset.add_argument("--cache-hit", help="$ per million tokens of a response-cache hit")
     pset.set_defaults(run=lambda a: _print(_call("PUT", f"/v1/admin/prices/{a.model}", {
         "input_micros_per_million": _dollars_to_micros(a.input),
         "output_micros_per_million": _dollars_to_micros(a.output),
         **({"cached_micros_per_million": _dollars_to_micros(a.cached)} if a.cached else {}),
+        **({"cache_hit_micros_per_million": _dollars_to_micros(a.cache_hit)}
+           if a.cache_hit else {}),
     })))
     psub.add_parser("list").set_defaults(
         run=lambda a: _print(_call("GET", "/v1/admin/prices")))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -68,6 +68,7 @@ class Budgets(BaseModel):
 
 
 CacheMode = Literal["off", "exact", "semantic"]
+CACHE_MODES: tuple[CacheMode, ...] = get_args(CacheMode)
 
 
 class CachePolicy(BaseModel):

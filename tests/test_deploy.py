@@ -21,7 +21,15 @@ from deploy.cli import parser
 from deploy.settings import Settings as DeploySettings
 from gateway.settings import Settings as GatewaySettings
 from inference.settings import Settings as WorkerSettings
-from schemas.tiers import BUDGET_LEVELS, BUDGET_NAMES, LIMIT_NAMES, Budget, Budgets, Limits
+from schemas.tiers import (
+    BUDGET_LEVELS,
+    BUDGET_NAMES,
+    LIMIT_NAMES,
+    Budget,
+    Budgets,
+    CachePolicy,
+    Limits,
+)
 from streams.settings import Settings as StreamsSettings
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
@@ -91,3 +99,11 @@ def test_key_flags_cover_every_limit_and_budget() -> None:
         **dict.fromkeys(LIMIT_NAMES, 7))
     assert Budgets.model_validate(admin_cli._budgets(args)) == Budgets(
         **dict.fromkeys(BUDGET_NAMES, Budget(soft=7, hard=7)))
+
+
+def test_cache_flags_make_a_valid_policy() -> None:
+    args = parser().parse_args(["keys", "create", "--tenant", "t", "--cache", "semantic",
+                                "--cache-ttl", "60", "--cache-similarity", "0.9"])
+    assert CachePolicy.model_validate(admin_cli._cache(args)["cache"]) == CachePolicy(
+        mode="semantic", ttl_s=60, similarity=0.9)
+    assert admin_cli._cache(parser().parse_args(["keys", "create", "--tenant", "t"])) == {}

@@ -9,11 +9,12 @@ import sys
 import time
 from pathlib import Path
 
+import httpx
 import openai
 import psutil
 
 from deploy.supervisor import side_cpus
-from tests.conftest import MODEL, OUTPUT, ROOT, free_port
+from tests.conftest import EMBEDDING_MODEL, MODEL, OUTPUT, ROOT, free_port
 
 
 def _descendants(pid: int) -> list[psutil.Process]:
@@ -60,7 +61,7 @@ def test_up_serves_and_stops_cleanly(home: Path, tmp_path: Path) -> None:
     children: list[psutil.Process] = []
     try:
         assert up.stdout is not None
-        deadline = time.monotonic() + 300
+        deadline = time.monotonic() + 480  # two engines start, one after the other
         for line in up.stdout:
             log.write(line)
             output.append(line)
@@ -85,6 +86,7 @@ def test_up_serves_and_stops_cleanly(home: Path, tmp_path: Path) -> None:
             messages=[{"role": "user",
                        "content": "What is the capital of France? Answer in English."}])
         assert "Paris" in reply.choices[0].message.content
+        _cache_and_embeddings_reach_the_dashboards_figures(f"http://127.0.0.1:{port}/v1", key)
 
         up.send_signal(signal.SIGTERM)
         rest = up.communicate(timeout=120)[0]
@@ -93,8 +95,10 @@ def test_up_serves_and_stops_cleanly(home: Path, tmp_path: Path) -> None:
         assert up.returncode == 0
         text = "".join(output)
         # Each child's lines carry its role.
-        for role in ("broker", "streams", "analytics", "worker", "gateway"):
+        for role in ("broker", "streams", "analytics", "gateway"):
             assert f"{role:>10} | " in text
+        for model in (MODEL, EMBEDDING_MODEL):  # one worker per model
+            assert f"worker:{model} | " in text
     finally:
         if up.poll() is None:
             up.kill()
@@ -102,3 +106,35 @@ def test_up_serves_and_stops_cleanly(home: Path, tmp_path: Path) -> None:
     time.sleep(1)
     survivors = [c for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
     assert survivors == [], f"orphans left behind: {[c.cmdline() for c in survivors]}"
+
+
+def _cache_and_embeddings_reach_the_dashboards_figures(base: str, admin_key: str) -> None:
+    """Both models are served; a repeated request is a cache hit, and the analytics
+    behind the dashboard count it and the tokens it saved."""
+    created = httpx.post(f"{base}/admin/keys", timeout=30, json={
+        "tenant": "up-cache", "tier": "enterprise", "cache": {"mode": "exact"}},
+        headers={"Authorization": f"Bearer {admin_key}"})
+    assert created.status_code == 201, created.text
+    auth = {"Authorization": f"Bearer {created.json()['secret']}"}
+    body = {"model": MODEL, "temperature": 0, "max_tokens": 8,
+            "messages": [{"role": "user", "content": "Name a colour."}]}
+    states = [httpx.post(f"{base}/chat/completions", json=body, headers=auth, timeout=120)
+              .headers["x-sluice-cache"] for _ in range(2)]
+    assert states == ["miss", "hit"]
+    models = httpx.get(f"{base}/models", headers=auth, timeout=30).json()["data"]
+    assert {MODEL, EMBEDDING_MODEL} <= {m["id"] for m in models}
+    vectors = httpx.post(f"{base}/embeddings", headers=auth, timeout=120,
+                         json={"model": EMBEDDING_MODEL, "input": ["red", "blue"]})
+    assert vectors.status_code == 200, vectors.text
+    assert [len(d["embedding"]) for d in vectors.json()["data"]] == [384, 384]
+
+    def counted() -> dict[str, object] | None:
+        r = httpx.get(f"{base}/analytics", headers=auth, timeout=30)
+        cache = r.json().get("cache", {}) if r.status_code == 200 else {}
+        return cache if cache.get("hits", 0) >= 1 and cache.get("tokens_saved", 0) > 0 else None
+
+    deadline = time.monotonic() + 90
+    while (cache := counted()) is None:
+        assert time.monotonic() < deadline, "the hit never reached the analytics"
+        time.sleep(1)
+    assert cache["lookups"] == 2 and cache["hit_rate"] == 0.5
