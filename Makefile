@@ -8,7 +8,7 @@ EXTRAS ?= cpu
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(EXTRAS)
 
-.PHONY: install model up test test-fast lint bench clean $(addprefix bench-,admission streams analytics serving)
+.PHONY: install model up test test-fast lint bench clean $(addprefix bench-,admission streams analytics serving cache)
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -51,7 +51,7 @@ lint: install
 	$(BIN)/ruff check .
 
 # Each writes its own section of docs/benchmarks.md; run one with e.g. `make bench-admission`.
-BENCHES := admission streams analytics serving
+BENCHES := admission streams analytics serving cache
 
 bench: $(addprefix bench-,$(BENCHES))
 
