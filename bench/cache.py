@@ -306,7 +306,7 @@ async def in_process(batches: list[list[str]], warmup: list[list[str]], concurre
 
     async def worker_call(batch: list[str], tag: str) -> np.ndarray:
         ids = [engine.tokenizer.encode(t) for t in batch]
-        vectors = await engine.embed(f"{run}-{tag}", ids, None)
+        vectors = await engine.embed(f"{run}-ids-{tag}", ids, None)
         return np.stack([np.frombuffer(v, "<f4") for v in vectors])
 
     try:
@@ -318,6 +318,7 @@ async def in_process(batches: list[list[str]], warmup: list[list[str]], concurre
 
 async def through_sluice(url: str, key: str, batches: list[list[str]],
                          warmup: list[list[str]], concurrency: int) -> float:
+    """Through the gateway at `url`, as a user of the OpenAI client would call it."""
     async with httpx.AsyncClient(base_url=url, timeout=120,
                                  headers={"Authorization": f"Bearer {key}"}) as client:
         async def embed(batch: list[str], tag: str) -> np.ndarray:
@@ -429,7 +430,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--prompts", type=int, default=len(QUESTIONS))
     p.add_argument("--max-tokens", type=int, default=32)
-    p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--batches", type=int, default=40)
     p.add_argument("--concurrency", type=int, default=4)
     a = p.parse_args()
