@@ -11,7 +11,6 @@ subquery (`_source`) that every report reads from.
 
 from __future__ import annotations
 
-import asyncio
 import math
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
@@ -28,10 +27,36 @@ _DIMENSIONS = {"day": ("toDate(bucket)", "day"), "model": ("model", "model"),
 
 _SUMS = ("requests", "errors", "cache_hits", "cache_misses", "usage_records", "prompt_tokens",
          "completion_tokens", "cached_tokens", "ledger_entries", "unpriced_entries",
-         "cost_micros", "saved_prompt_tokens", "saved_completion_tokens")
+         "cost_micros", "saved_prompt_tokens", "saved_completion_tokens", "hit_cost_micros",
+         "cache_savings_micros", "unpriced_saved_tokens")
 
 EXPORT_MEASURES = ("requests", "errors", "prompt_tokens", "completion_tokens", "cached_tokens",
-                   "cost_micros", "unpriced_entries")
+                   "cost_micros", "unpriced_entries", "cache_hits", "cache_misses",
+                   "saved_prompt_tokens", "saved_completion_tokens", "hit_cost_micros",
+                   "cache_savings_micros")
+
+# Each model's newest price per token, as its ledger entries show it, to price the tokens
+# a cache hit saved. Joined to the rollup rows by model (a model without one: `priced` 0).
+_PRICES = ("SELECT model, 1 AS priced, r.1 AS prompt_rate, r.2 AS completion_rate FROM ("
+           "SELECT model, argMax((if(p > 0, i / p, 0), if(c > 0, o / c, 0)), price_version) "
+           "AS r FROM (SELECT model, price_version, sum(fresh_prompt_tokens) AS p, "
+           "sum(input_micros) AS i, sum(completion_tokens) AS c, sum(output_micros) AS o "
+           "FROM model_prices GROUP BY model, price_version) GROUP BY model)")
+
+# Measures that are not a plain sum of a rollup column. Savings are net: the saved tokens
+# at the model's price, less what the hits were billed at its cache-hit price.
+_COMPUTED = {  # qualified: the plain names are the sums' aliases
+    "cache_savings_micros": "toInt64(round(sum(rollup.saved_prompt_tokens * prices.prompt_rate "
+                            "+ rollup.saved_completion_tokens * prices.completion_rate))) "
+                            "- sum(rollup.hit_cost_micros)",
+    "unpriced_saved_tokens": "sumIf(rollup.saved_prompt_tokens + rollup.saved_completion_tokens, "
+                             "prices.priced = 0)",
+}
+
+
+def _measures(names: Sequence[str]) -> str:
+    return ", ".join(f"{_COMPUTED.get(n, f'sum({n})')} AS {n}" for n in names)
+
 
 _QUANTILES = "quantilesTDigestMerge(0.5, 0.95, 0.99)"
 
@@ -48,8 +73,9 @@ def _hour_down(moment: datetime) -> datetime:
 def _source(scope: Scope, period: Period, filters: Filters, *, minutes: bool = False,
             by_key: bool = True) -> tuple[str, dict[str, Any]]:
     """The rollup rows of `period` that `scope` may read, as a subquery (from the minute
-    rollup only, when `minutes`). Without `by_key` (and no key filter) whole hours come
-    from the per-tenant rollup, which has no key and far fewer rows."""
+    rollup only, when `minutes`), each with its model's price (`_PRICES`). Without
+    `by_key` (and no key filter) whole hours come from the per-tenant rollup, which has no
+    key and far fewer rows."""
     hours = "rollup_hour" if by_key or filters.key_id is not None else "rollup_tenant_hour"
     params: dict[str, Any] = {}
     where = []
@@ -79,7 +105,8 @@ def _source(scope: Scope, period: Period, filters: Filters, *, minutes: bool = F
             parts.append(between("rollup_minute", "head", period.start, first_hour))
         if last_hour < period.end:
             parts.append(between("rollup_minute", "tail", last_hour, period.end))
-    return "(" + " UNION ALL ".join(parts) + ")", params
+    return (f"({' UNION ALL '.join(parts)}) AS rollup LEFT JOIN ({_PRICES}) AS prices "
+            "USING (model)"), params
 
 
 # -- the usage export -----------------------------------------------------------------------
@@ -102,7 +129,7 @@ class Export:
                                  by_key="key" in self.dimensions)
         dims = ", ".join(f"{_DIMENSIONS[d][0]} AS {_DIMENSIONS[d][1]}" for d in self.dimensions)
         names = ", ".join(_DIMENSIONS[d][1] for d in self.dimensions)
-        measures = ", ".join(f"sum({m}) AS {m}" for m in EXPORT_MEASURES)
+        measures = _measures(EXPORT_MEASURES)
         # Versions are qualified by model: a row that is not per model still says which
         # model's price each version is.
         versions = ("arraySort(groupUniqArrayArray(arrayMap(v -> concat(model, ':', "
@@ -166,7 +193,7 @@ class Summary:
         level = ("multiIf(grouping(day) = 0, 'day', grouping(model) = 0, 'model', "
                  + ("grouping(tenant) = 0, 'tenant', " if self.scope.everything else "")
                  + "'total')")
-        sums = ", ".join(f"sum({s}) AS {s}" for s in _SUMS)
+        sums = _measures(_SUMS)
         tenant = "tenant, " if self.scope.everything else ""
         sql = (f"SELECT {level} AS level, toDate(bucket) AS day, model, {tenant}{sums}, "
                f"{_QUANTILES}(latency_state) AS latency, {_QUANTILES}(ttft_state) AS ttft "
@@ -175,25 +202,14 @@ class Summary:
 
     async def run(self, warehouse: Warehouse) -> dict[str, Any]:
         sql, params = self.sql()
-        grouped, prices = await asyncio.gather(warehouse.query(sql, params),
-                                               _latest_prices(warehouse))
-        return self._shape(grouped, prices)
+        return self._shape(await warehouse.query(sql, params))
 
-    def _shape(self, grouped: Result, prices: dict[str, tuple[float, float]]) -> dict[str, Any]:
+    def _shape(self, grouped: Result) -> dict[str, Any]:
         levels: dict[str, list[dict[str, Any]]] = {}
         for row in grouped.dicts():
             levels.setdefault(row["level"], []).append(row)
         total = (levels.get("total") or [_empty()])[0]
         models = levels.get("model", [])
-        saved_micros, priced = 0.0, True
-        for m in models:
-            rates = prices.get(m["model"])
-            if rates is None:
-                priced = priced and not (m["saved_prompt_tokens"] or m["saved_completion_tokens"])
-                continue
-            saved_micros += (m["saved_prompt_tokens"] * rates[0]
-                             + m["saved_completion_tokens"] * rates[1])
-        lookups = total["cache_hits"] + total["cache_misses"]
         body: dict[str, Any] = {
             "object": "analytics.summary",
             "tenant": self.scope.tenant,
@@ -210,14 +226,7 @@ class Summary:
                            for d in sorted(levels.get("day", []), key=lambda d: d["day"])],
             },
             "top_models": [_ranked(m, "model") for m in _top(models, self.top)],
-            "cache": {
-                "hits": total["cache_hits"],
-                "lookups": lookups,
-                "hit_rate": _ratio(total["cache_hits"], lookups),
-                "tokens_saved": total["saved_prompt_tokens"] + total["saved_completion_tokens"],
-                "savings_micros": round(saved_micros),
-                "savings_complete": priced,
-            },
+            "cache": _cache(total),
             "latency_ms": _quantiles(total["latency"]),
             "ttft_ms": _quantiles(total["ttft"]),
         }
@@ -246,7 +255,7 @@ class Series:
     def sql(self) -> tuple[str, dict[str, Any]]:
         source, params = _source(self.scope, self.period, self.filters,
                                  minutes=self.bucket == "minute", by_key=False)
-        sums = ", ".join(f"sum({s}) AS {s}" for s in _SUMS)
+        sums = _measures(_SUMS)
         sql = (f"SELECT toUInt32(toStartOfInterval(bucket, INTERVAL {self.step} SECOND)) AS t, "
                f"{sums}, {_QUANTILES}(latency_state) AS latency, "
                f"{_QUANTILES}(ttft_state) AS ttft FROM {source} GROUP BY t ORDER BY t")
@@ -271,26 +280,10 @@ class Series:
         return {"bucket": self.bucket, "step_s": self.step, "points": points}
 
 
-async def _latest_prices(warehouse: Warehouse) -> dict[str, tuple[float, float]]:
-    """Per model, micro-dollars per prompt and per completion token at its newest price
-    version, as the ledger's own entries show it."""
-    result = await warehouse.query(
-        "SELECT model, argMax((fresh_prompt_tokens, input_micros, completion_tokens, "
-        "output_micros), price_version) FROM (SELECT model, price_version, "
-        "sum(fresh_prompt_tokens) AS fresh_prompt_tokens, sum(input_micros) AS input_micros, "
-        "sum(completion_tokens) AS completion_tokens, sum(output_micros) AS output_micros "
-        "FROM model_prices GROUP BY model, price_version) GROUP BY model")
-    prices = {}
-    for model, (prompt, input_micros, completion, output_micros) in result.rows:
-        prices[model] = (input_micros / prompt if prompt else 0.0,
-                         output_micros / completion if completion else 0.0)
-    return prices
-
-
 async def tenants(warehouse: Warehouse, period: Period) -> list[dict[str, Any]]:
     """Every tenant's totals in `period`, biggest spender first (admin only)."""
     source, params = _source(Scope(None), period, Filters(), by_key=False)
-    sums = ", ".join(f"sum({s}) AS {s}" for s in _SUMS)
+    sums = _measures(_SUMS)
     result = await warehouse.query(
         f"SELECT tenant, {sums} FROM {source} GROUP BY tenant "
         "ORDER BY cost_micros DESC, requests DESC, tenant", params)
@@ -308,7 +301,19 @@ def _top(rows: list[dict[str, Any]], n: int) -> list[dict[str, Any]]:
 
 def _ranked(row: dict[str, Any], name: str) -> dict[str, Any]:
     return {name: row[name], "requests": row["requests"], "errors": row["errors"],
-            "tokens": _tokens(row), "cost_micros": row["cost_micros"]}
+            "tokens": _tokens(row), "cost_micros": row["cost_micros"], "cache": _cache(row)}
+
+
+def _cache(row: dict[str, Any]) -> dict[str, Any]:
+    """Hits of the response cache, and what they saved (net of what the hits were billed;
+    `savings_complete` is false when a model with hits has no price yet)."""
+    lookups = row["cache_hits"] + row["cache_misses"]
+    return {"hits": row["cache_hits"], "lookups": lookups,
+            "hit_rate": _ratio(row["cache_hits"], lookups),
+            "tokens_saved": row["saved_prompt_tokens"] + row["saved_completion_tokens"],
+            "hit_cost_micros": row["hit_cost_micros"],
+            "savings_micros": row["cache_savings_micros"],
+            "savings_complete": row["unpriced_saved_tokens"] == 0}
 
 
 def _tokens(row: dict[str, Any]) -> dict[str, int]:

@@ -89,7 +89,7 @@ def _ledger(e: AnyEvent) -> Row | None:
             e.tenant or "", e.key_id or "", e.model, e.variant or "", e.experiment_id or "",
             e.status, e.prompt_tokens, e.completion_tokens, e.cached_tokens, e.price_version,
             e.input_micros, e.output_micros, e.cached_micros, e.cost_micros,
-            _day(e.occurred_at))
+            _day(e.occurred_at), e.cache_hit_tokens, e.cache_hit_micros)
 
 
 TABLES: tuple[Table, ...] = (
@@ -110,7 +110,8 @@ TABLES: tuple[Table, ...] = (
         "event_id", "ts", "occurred_at", "usage_event_id", "request_id", "tenant", "key_id",
         "model", "variant", "experiment_id", "status", "prompt_tokens", "completion_tokens",
         "cached_tokens", "price_version", "input_micros", "output_micros", "cached_micros",
-        "cost_micros", "day"), _ledger, time_column="occurred_at"),
+        "cost_micros", "day", "cache_hit_tokens", "cache_hit_micros"), _ledger,
+        time_column="occurred_at"),
 )
 
 BY_TOPIC: dict[str, Table] = {t.topic: t for t in TABLES}

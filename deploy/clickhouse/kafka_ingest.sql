@@ -153,6 +153,8 @@ CREATE TABLE IF NOT EXISTS kafka_ledger
     output_micros     Int64,
     cached_micros     Int64,
     cost_micros       Int64,
+    cache_hit_tokens  UInt32,
+    cache_hit_micros  Int64,
     occurred_at       Float64
 )
 ENGINE = Kafka(sluice_kafka, kafka_topic_list = 'sluice.ledger', kafka_num_consumers = 1,
@@ -165,7 +167,8 @@ SELECT
     usage_event_id, request_id, ifNull(tenant, '') AS tenant, ifNull(key_id, '') AS key_id,
     model, ifNull(variant, '') AS variant, ifNull(experiment_id, '') AS experiment_id, status,
     prompt_tokens, completion_tokens, cached_tokens, price_version, input_micros,
-    output_micros, cached_micros, cost_micros, toDate(toDateTime64(occurred_at, 3, 'UTC')) AS day
+    output_micros, cached_micros, cost_micros, toDate(toDateTime64(occurred_at, 3, 'UTC')) AS day,
+    cache_hit_tokens, cache_hit_micros
 FROM kafka_ledger
 WHERE length(_error) = 0 AND event_type = 'ledger_entry';
 

@@ -198,11 +198,12 @@ def seeded(gateway_stack: Stack, bootstrap: str) -> Seeded:
     model_a, model_b = unique("dash-a"), unique("dash-b")
     experiment = Experiment(experiment_id=unique("ab_dash"), name="dashboard", model_a=model_a,
                             model_b=model_b, split=50, created_at=time.time())
-    # The same rates the traffic's own ledger entries use (2 and 5 micro-dollars a token),
+    # The same rates the traffic's own ledger entries use (2, 5 and 1 for a cache hit),
     # so the streams app's pricing of the usage events agrees with them.
     price = PriceVersion(version=1, effective_from=0, input_micros_per_million=2_000_000,
                          output_micros_per_million=5_000_000,
-                         cached_micros_per_million=2_000_000)
+                         cached_micros_per_million=2_000_000,
+                         cache_hit_micros_per_million=1_000_000)
     asyncio.run(_publish_definitions(bootstrap, [
         (topics.PRICES, m, PriceSchedule(model=m, versions=(price,))) for m in (model_a, model_b)
     ] + [(topics.EXPERIMENTS, experiment.experiment_id, experiment)]))

@@ -127,6 +127,12 @@ def test_a_tenant_key_sees_its_charts_drawn_with_data(gateway_stack: Stack, seed
     their_key = next(e.key_id for _, e in seeded.theirs.events)  # type: ignore[union-attr]
     assert seeded.theirs.tenant not in text and their_key not in text
     assert "listed for the admin key" in text
+    # The cache: its tiles, and hits and net savings per model and per key in the tables.
+    e = seeded.ours.expected
+    words = re.sub(r"\s+", " ", text)
+    assert f"{100 * e.cache_hits / e.cache_lookups:.2f}% cache hit rate" in words
+    assert f"${e.savings_micros / 1e6:.4f} cache savings" in words
+    assert "cache hits" in text and "saved" in text
 
 
 def test_the_admin_key_sees_every_tenant_and_the_ab_tests(gateway_stack: Stack,

@@ -12,8 +12,10 @@ from typing import Any
 from starlette.testclient import TestClient
 
 from analytics.warehouse import Warehouse
+from schemas import topics
 from tests.analytics.conftest import Tenants
 from tests.analytics.harness import caller
+from tests.analytics.traffic import COMPLETION_MICROS, HIT_MICROS, PROMPT_MICROS
 
 
 def _export(api: TestClient, tenants: Tenants, **params: Any) -> Any:
@@ -61,7 +63,10 @@ def test_csv_by_key_ends_with_a_total_row(api: TestClient, two_tenants: Tenants)
     rows = list(csv.DictReader(io.StringIO(r.text)))
     assert list(rows[0]) == ["key_id", "requests", "errors", "prompt_tokens",
                              "completion_tokens", "cached_tokens", "cost_micros",
-                             "unpriced_entries", "cost_usd", "price_versions"]
+                             "unpriced_entries", "cache_hits", "cache_misses",
+                             "saved_prompt_tokens", "saved_completion_tokens",
+                             "hit_cost_micros", "cache_savings_micros", "cost_usd",
+                             "price_versions"]
     *data, total = rows
     e = two_tenants.ours.expected
     assert {row["key_id"]: int(row["cost_micros"]) for row in data} == e.by_key
@@ -69,6 +74,46 @@ def test_csv_by_key_ends_with_a_total_row(api: TestClient, two_tenants: Tenants)
     assert int(total["requests"]) == e.requests
     assert int(total["cost_micros"]) == e.cost_micros
     assert total["price_versions"] == "model-x:1 model-y:1"
+    assert int(total["cache_hits"]) == sum(int(row["cache_hits"]) for row in data) == e.cache_hits
+    assert int(total["cache_savings_micros"]) == e.savings_micros
+
+
+def test_cache_hits_and_net_savings_per_key_and_model(api: TestClient,
+                                                     two_tenants: Tenants) -> None:
+    """A hit saves its tokens at the model's price (2 and 5 micro-dollars a prompt and a
+    completion token) less what it was billed at the cache-hit price (1 a token)."""
+    t = two_tenants.ours
+    hits = [ev for topic, ev in t.events if topic == topics.CACHE]
+    want: dict[tuple[str, str], list[int]] = {}
+    for hit in hits:
+        row = want.setdefault((hit.key_id, hit.model), [0, 0, 0, 0])  # type: ignore[union-attr]
+        tokens = hit.prompt_tokens + hit.completion_tokens  # type: ignore[union-attr]
+        row[0] += 1
+        row[1] += tokens
+        row[2] += tokens * HIT_MICROS
+        row[3] += (hit.prompt_tokens * PROMPT_MICROS  # type: ignore[union-attr]
+                   + hit.completion_tokens * COMPLETION_MICROS  # type: ignore[union-attr]
+                   - tokens * HIT_MICROS)
+    body = _export(api, two_tenants, format="json", group_by="key,model").json()
+    got = {(r["key_id"], r["model"]): [r["cache_hits"],
+                                       r["saved_prompt_tokens"] + r["saved_completion_tokens"],
+                                       r["hit_cost_micros"], r["cache_savings_micros"]]
+           for r in body["data"] if r["cache_hits"]}
+    assert got == want
+    assert len(want) == 2  # key-a only ever asks model-x, key-b model-y
+    assert body["totals"]["cache_hits"] + body["totals"]["cache_misses"] == t.expected.cache_lookups
+
+    summary = api.get("/v1/analytics", headers=caller(t.tenant), params={
+        "from": two_tenants.start.isoformat(), "to": two_tenants.end.isoformat()}).json()
+    e = t.expected
+    assert summary["cache"] == {
+        "hits": e.cache_hits, "lookups": e.cache_lookups,
+        "hit_rate": round(e.cache_hits / e.cache_lookups, 6), "tokens_saved": e.saved_tokens,
+        "hit_cost_micros": e.hit_cost_micros, "savings_micros": e.savings_micros,
+        "savings_complete": True}
+    by_model = {m["model"]: m["cache"]["savings_micros"] for m in summary["top_models"]}
+    assert by_model == {m: sum(v[3] for (_, model), v in want.items() if model == m)
+                        for m in ("model-x", "model-y")}
 
 
 async def test_a_ragged_period_reads_the_same_as_the_raw_rows(

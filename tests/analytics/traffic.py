@@ -20,6 +20,9 @@ from schemas.events import (
 )
 from tests.conftest import broker_at
 
+# Micro-dollars a token: the price every model of this traffic has (version 1).
+PROMPT_MICROS, COMPLETION_MICROS, HIT_MICROS = 2, 5, 1
+
 
 @dataclass
 class Expected:
@@ -32,6 +35,9 @@ class Expected:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cost_micros: int = 0
+    saved_tokens: int = 0  # what cache hits answered, prompt and completion
+    hit_cost_micros: int = 0  # what they were billed
+    savings_micros: int = 0  # their tokens at the fresh price, less that
     by_model: dict[str, int] = field(default_factory=dict)  # requests per model
     by_key: dict[str, int] = field(default_factory=dict)  # cost per key
 
@@ -68,11 +74,15 @@ def traffic(tenant: str, requests: int, *, start: float, spacing_s: float = 1.0,
             continue
         prompt, completion = 10 + i % 7, 3 + i % 5
         hit = bool(hit_every) and i % hit_every == 0
+        # A hit's usage is the gateway's: no engine tokens, the answer's at the hit price.
+        fresh = (0, 0) if hit else (prompt, completion)
+        hit_tokens = prompt + completion if hit else 0
         usage = UsageRecorded(ts=ts, request_id=request_id, model=model, key_id=key,
-                              tenant=tenant, worker_id="w1", status="completed",
-                              prompt_tokens=prompt, completion_tokens=completion,
+                              tenant=tenant, worker_id="cache:gw" if hit else "w1",
+                              status="completed", prompt_tokens=fresh[0],
+                              completion_tokens=fresh[1], cache_hit_tokens=hit_tokens,
                               ttft_ms=20.0 + i % 10, latency_ms=100.0 + i % 50)
-        cost = prompt * 2 + completion * 5
+        cost = fresh[0] * PROMPT_MICROS + fresh[1] * COMPLETION_MICROS + hit_tokens * HIT_MICROS
         out.events += [
             (topics.USAGE, usage),
             (topics.REQUESTS, RequestCompleted(
@@ -83,9 +93,11 @@ def traffic(tenant: str, requests: int, *, start: float, spacing_s: float = 1.0,
             (topics.LEDGER, LedgerEntry(
                 event_id=f"ledger:{usage.event_id}", ts=ts + 0.02,
                 usage_event_id=usage.event_id, request_id=request_id, key_id=key,
-                tenant=tenant, model=model, status="completed", prompt_tokens=prompt,
-                completion_tokens=completion, cached_tokens=0, price_version=price_version,
-                input_micros=prompt * 2, output_micros=completion * 5, cached_micros=0,
+                tenant=tenant, model=model, status="completed", prompt_tokens=fresh[0],
+                completion_tokens=fresh[1], cached_tokens=0, price_version=price_version,
+                input_micros=fresh[0] * PROMPT_MICROS,
+                output_micros=fresh[1] * COMPLETION_MICROS, cached_micros=0,
+                cache_hit_tokens=hit_tokens, cache_hit_micros=hit_tokens * HIT_MICROS,
                 cost_micros=cost, occurred_at=ts, day="", month="")),
         ]
         if hit:
@@ -94,12 +106,16 @@ def traffic(tenant: str, requests: int, *, start: float, spacing_s: float = 1.0,
                 tenant=tenant, model=model, prompt_tokens=prompt,
                 completion_tokens=completion)))
             exp.cache_hits += 1
+            exp.saved_tokens += hit_tokens
+            exp.hit_cost_micros += hit_tokens * HIT_MICROS
+            exp.savings_micros += (prompt * PROMPT_MICROS + completion * COMPLETION_MICROS
+                                   - hit_tokens * HIT_MICROS)
         exp.requests += 1
         exp.cache_lookups += 1
         exp.usage += 1
         exp.ledger += 1
-        exp.prompt_tokens += prompt
-        exp.completion_tokens += completion
+        exp.prompt_tokens += fresh[0]
+        exp.completion_tokens += fresh[1]
         exp.cost_micros += cost
         exp.by_model[model] = exp.by_model.get(model, 0) + 1
         exp.by_key[key] = exp.by_key.get(key, 0) + cost
@@ -144,7 +160,8 @@ def store_queries(tenant: str) -> dict[str, str]:
     for rollup in ("rollup_minute", "rollup_hour", "rollup_tenant_hour"):
         queries[rollup] = (
             "SELECT sum(requests), sum(errors), sum(usage_records), sum(ledger_entries), "
-            "sum(cost_micros), sum(prompt_tokens), sum(cache_hits), sum(saved_prompt_tokens) "
+            "sum(cost_micros), sum(prompt_tokens), sum(cache_hits), sum(saved_prompt_tokens), "
+            "sum(hit_cost_micros) "
             f"FROM {rollup} WHERE tenant = '{tenant}'")
     return queries
 
@@ -155,7 +172,7 @@ def expected(t: Traffic) -> dict[str, tuple[int, ...]]:
     hit_prompt = sum(getattr(ev, "prompt_tokens", 0) for topic, ev in t.events
                      if topic == topics.CACHE)
     sums = (e.requests, e.errors, e.usage, e.ledger, e.cost_micros, e.prompt_tokens,
-            e.cache_hits, hit_prompt)
+            e.cache_hits, hit_prompt, e.hit_cost_micros)
     return {"requests": (e.requests, e.requests), "usage": (e.usage, e.usage),
             "ledger": (e.ledger, e.ledger), "cache": (e.cache_hits, e.cache_hits),
             "rollup_minute": sums, "rollup_hour": sums, "rollup_tenant_hour": sums}

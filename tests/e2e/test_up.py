@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -14,6 +15,7 @@ import openai
 import psutil
 
 from deploy.supervisor import side_cpus
+from tests.analytics.test_dashboard import _browse, _Page
 from tests.conftest import EMBEDDING_MODEL, MODEL, OUTPUT, ROOT, free_port
 
 
@@ -86,7 +88,9 @@ def test_up_serves_and_stops_cleanly(home: Path, tmp_path: Path) -> None:
             messages=[{"role": "user",
                        "content": "What is the capital of France? Answer in English."}])
         assert "Paris" in reply.choices[0].message.content
-        _cache_and_embeddings_reach_the_dashboards_figures(f"http://127.0.0.1:{port}/v1", key)
+        _cache_and_embeddings_reach_the_dashboard(
+            f"http://127.0.0.1:{port}", f"http://127.0.0.1:{env['SLUICE_STREAMS_PORT']}", key,
+            tmp_path)
 
         up.send_signal(signal.SIGTERM)
         rest = up.communicate(timeout=120)[0]
@@ -108,19 +112,35 @@ def test_up_serves_and_stops_cleanly(home: Path, tmp_path: Path) -> None:
     assert survivors == [], f"orphans left behind: {[c.cmdline() for c in survivors]}"
 
 
-def _cache_and_embeddings_reach_the_dashboards_figures(base: str, admin_key: str) -> None:
-    """Both models are served; a repeated request is a cache hit, and the analytics
-    behind the dashboard count it and the tokens it saved."""
-    created = httpx.post(f"{base}/admin/keys", timeout=30, json={
-        "tenant": "up-cache", "tier": "enterprise", "cache": {"mode": "exact"}},
-        headers={"Authorization": f"Bearer {admin_key}"})
+def _cache_and_embeddings_reach_the_dashboard(root: str, streams: str, admin_key: str,
+                                              tmp_path: Path) -> None:
+    """Both models are served; a repeated request is a cache hit, billed at the model's
+    cache price; the analytics and the dashboard count it, the tokens it saved and what
+    that saved net of the hit's price."""
+    base, admin = f"{root}/v1", {"Authorization": f"Bearer {admin_key}"}
+    price = httpx.put(f"{base}/admin/prices/{MODEL}", headers=admin, timeout=30, json={
+        "input_micros_per_million": 1_000_000, "output_micros_per_million": 2_000_000,
+        "cache_hit_micros_per_million": 250_000})
+    assert price.status_code == 200, price.text
+    version = price.json()["versions"][-1]
+    deadline = time.monotonic() + 60
+    while httpx.get(f"{streams}/prices/{MODEL}", timeout=5).json()["versions"][-1] != version:
+        assert time.monotonic() < deadline, "the streams app never saw the price"
+        time.sleep(0.5)
+    created = httpx.post(f"{base}/admin/keys", timeout=30, headers=admin, json={
+        "tenant": "up-cache", "tier": "enterprise", "cache": {"mode": "exact"}})
     assert created.status_code == 201, created.text
-    auth = {"Authorization": f"Bearer {created.json()['secret']}"}
+    secret, key_id = created.json()["secret"], created.json()["key_id"]
+    auth = {"Authorization": f"Bearer {secret}"}
     body = {"model": MODEL, "temperature": 0, "max_tokens": 8,
             "messages": [{"role": "user", "content": "Name a colour."}]}
-    states = [httpx.post(f"{base}/chat/completions", json=body, headers=auth, timeout=120)
-              .headers["x-sluice-cache"] for _ in range(2)]
-    assert states == ["miss", "hit"]
+    replies = [httpx.post(f"{base}/chat/completions", json=body, headers=auth, timeout=120)
+               for _ in range(2)]
+    assert [r.headers["x-sluice-cache"] for r in replies] == ["miss", "hit"]
+    usage = replies[0].json()["usage"]
+    tokens = usage["prompt_tokens"] + usage["completion_tokens"]
+    hit_cost = (tokens * 250_000 + 500_000) // 1_000_000
+    savings = usage["prompt_tokens"] * 1 + usage["completion_tokens"] * 2 - hit_cost
     models = httpx.get(f"{base}/models", headers=auth, timeout=30).json()["data"]
     assert {MODEL, EMBEDDING_MODEL} <= {m["id"] for m in models}
     vectors = httpx.post(f"{base}/embeddings", headers=auth, timeout=120,
@@ -128,13 +148,24 @@ def _cache_and_embeddings_reach_the_dashboards_figures(base: str, admin_key: str
     assert vectors.status_code == 200, vectors.text
     assert [len(d["embedding"]) for d in vectors.json()["data"]] == [384, 384]
 
-    def counted() -> dict[str, object] | None:
-        r = httpx.get(f"{base}/analytics", headers=auth, timeout=30)
-        cache = r.json().get("cache", {}) if r.status_code == 200 else {}
-        return cache if cache.get("hits", 0) >= 1 and cache.get("tokens_saved", 0) > 0 else None
-
-    deadline = time.monotonic() + 90
-    while (cache := counted()) is None:
-        assert time.monotonic() < deadline, "the hit never reached the analytics"
+    want = {"hits": 1, "lookups": 2, "hit_rate": 0.5, "tokens_saved": tokens,
+            "hit_cost_micros": hit_cost, "savings_micros": savings, "savings_complete": True}
+    deadline, cache = time.monotonic() + 90, None
+    while cache != want:  # the request, its usage and its ledger entry land in turn
+        assert time.monotonic() < deadline, f"the analytics say {cache}, not {want}"
         time.sleep(1)
-    assert cache["lookups"] == 2 and cache["hit_rate"] == 0.5
+        r = httpx.get(f"{base}/analytics", headers=auth, timeout=30)
+        cache = r.json().get("cache") if r.status_code == 200 else r.text
+    export = httpx.get(f"{base}/usage/export", headers=auth, timeout=30,
+                       params={"group_by": "key,model", "format": "json"}).json()
+    row = next(r for r in export["data"] if r["model"] == MODEL)
+    assert (row["key_id"], row["cache_hits"], row["cache_misses"],
+            row["cache_savings_micros"]) == (key_id, 1, 1, savings)
+
+    page = _Page()
+    page.feed(_browse(f"{root}/dashboard#key={secret}", tmp_path / "dashboard", "--dump-dom"))
+    words = re.sub(r"\s+", " ", " ".join(page.text))
+    assert page.state == "ready", words[:600]
+    assert "50.00% cache hit rate" in words
+    assert f"${savings / 1e6:.4f} cache savings" in words
+    assert f"{tokens} tokens saved" in words

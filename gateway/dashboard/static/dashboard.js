@@ -172,6 +172,7 @@
       tile("spend", money(s.spend.total_micros)),
       tile("cache hit rate", pct(s.cache.hit_rate)),
       tile("cache savings", money(s.cache.savings_micros)),
+      tile("tokens saved", num(s.cache.tokens_saved)),
       tile("latency p50 / p95 / p99 ms",
            [s.latency_ms.p50, s.latency_ms.p95, s.latency_ms.p99].map((v) => num(v, 0)).join(" / ")),
       tile("TTFT p50 / p95 ms", [s.ttft_ms.p50, s.ttft_ms.p95].map((v) => num(v, 0)).join(" / ")),
@@ -204,17 +205,27 @@
       { label: "requests", values: m.map((r) => r.requests) },
       { label: "tokens (k)", scale: "k", values: m.map((r) => (r.prompt_tokens + r.completion_tokens) / 1e3) },
     ], (v) => num(v, 1));
-    table($("table-models"), ["model", "requests", "errors", "prompt", "completion", "spend"],
+    table($("table-models"), ["model", "requests", "errors", "prompt", "completion", "spend",
+                               "cache hits", "saved"],
           m.map((r) => [r.model, num(r.requests), num(r.errors), num(r.prompt_tokens),
-                        num(r.completion_tokens), money(r.cost_micros)]));
+                        num(r.completion_tokens), money(r.cost_micros), ...cacheCells(r)]));
     const k = keys.data;
     barChart("chart-keys", k.map((r) => r.key_id || "(none)"), [
       { label: "requests", values: k.map((r) => r.requests) },
       { label: "USD", scale: "usd", values: k.map((r) => usd(r.cost_micros)) },
     ], (v) => num(v, 4));
-    table($("table-keys"), ["key", "requests", "errors", "tokens", "spend"],
+    table($("table-keys"), ["key", "requests", "errors", "tokens", "spend", "cache hits",
+                             "saved"],
           k.map((r) => [r.key_id, num(r.requests), num(r.errors),
-                        num(r.prompt_tokens + r.completion_tokens), money(r.cost_micros)]));
+                        num(r.prompt_tokens + r.completion_tokens), money(r.cost_micros),
+                        ...cacheCells(r)]));
+  }
+
+  // An export row's cache hits (with the hit rate of its lookups) and net savings.
+  function cacheCells(r) {
+    const lookups = r.cache_hits + r.cache_misses;
+    const hits = lookups ? `${num(r.cache_hits)} (${pct(r.cache_hits / lookups)})` : "–";
+    return [hits, money(r.cache_savings_micros)];
   }
 
   async function renderAbTests(experiments) {
