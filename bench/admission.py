@@ -9,6 +9,10 @@ settings), without an engine behind it:
 2. **fetch** — lease round trips (gateway → `sluice.leases` → limiter agent → reply
    topic → gateway), one at a time over many keys, then 16 at once, then one at a time
    after the limiter has been idle (it then polls the broker with its long wait).
+3. **slot hand-back** — a key allowed one request at a time, admitted through two
+   gateways (two `LeaseBook`s, each with its own reply topic) in turn, each request
+   ended before the next: how long a request's end waits for its slot to be on the
+   limiter's topic, and what the next request, at the other gateway, pays for the slot.
 
 One at a time means two ways, taken in turn: each request after a random pause of up to
 `GAP_MS` (requests of independent callers arrive at any moment), and each as soon as the
@@ -36,6 +40,7 @@ from aiokafka import TopicPartition
 from bench.common import broker, cpu, free_port, percentile, sluice, wait_http
 from bench.report import write_section
 from broker import Broker
+from gateway.exceptions import RateLimited
 from gateway.keys import Principal
 from gateway.leases import LeaseBook
 from gateway.settings import Settings as GatewaySettings
@@ -55,6 +60,29 @@ LIMITS = Limits(requests_per_minute=10_000_000, requests_per_hour=10**9,
 
 def _principal(i: int) -> Principal:
     return Principal(f"bench-key-{i}", "bench", False, LIMITS, Budgets())
+
+
+async def _hand_backs(books: tuple[LeaseBook, LeaseBook], n: int
+                      ) -> tuple[list[float], list[float], int]:
+    """`n` requests of a one-slot key, through each gateway in turn: the next request's
+    admission times, the hand-back times (release until the limiter's topic has it),
+    and how many were refused."""
+    principal = Principal("bench-one-slot", "bench", False,
+                          LIMITS.model_copy(update={"concurrent": 1}), Budgets())
+    admits, hand_backs, refused = [], [], 0
+    for i in range(n):
+        t0 = time.perf_counter()
+        try:
+            admitted = await books[i % 2].admit(principal, 600)
+        except RateLimited:
+            refused += 1
+            continue
+        t1 = time.perf_counter()
+        admitted.release()
+        await admitted.settled(2.0)
+        admits.append((t1 - t0) * 1000)
+        hand_backs.append((time.perf_counter() - t1) * 1000)
+    return admits, hand_backs, refused
 
 
 async def _in_hand(book: LeaseBook, cycles: int) -> tuple[list[float], int]:
@@ -170,21 +198,27 @@ async def _broker_trips(broker: Broker, n: int, fetch_wait_ms: int, relayed: boo
     return times
 
 
-async def run(bootstrap: str, fetches: int, cycles: int, idle: int) -> dict[str, object]:
+async def run(bootstrap: str, fetches: int, cycles: int, idle: int, hand_back_n: int
+              ) -> dict[str, object]:
     settings = GatewaySettings(kafka_bootstrap=bootstrap, gateway_id=GATEWAY_ID)
     broker = Broker.of(settings)
     await broker.ensure()  # the reply topics are the router's own
     producer = broker.producer()
     replies = broker.replies(GATEWAY_ID)
+    other = broker.replies(f"{GATEWAY_ID}-b")
     await producer.start()
     await replies.start()
+    await other.start()
     router = asyncio.create_task(replies.run())
+    other_router = asyncio.create_task(other.run())
     wait = broker.profile.replies_wait_ms
     hops = await _broker_trips(broker, 500, wait, relayed=False, gap_ms=GAP_MS)
     round_trips = await _broker_trips(broker, 500, wait, relayed=True, gap_ms=GAP_MS)
-    book = LeaseBook(producer, replies, GATEWAY_ID,
-                     timeout=settings.lease_timeout_s, lease_ttl=settings.lease_ttl_s,
-                     max_requests=settings.lease_max_requests)
+    book, book_b = (LeaseBook(producer, router_of, gateway_id,
+                              timeout=settings.lease_timeout_s, lease_ttl=settings.lease_ttl_s,
+                              max_requests=settings.lease_max_requests)
+                    for router_of, gateway_id in ((replies, GATEWAY_ID),
+                                                  (other, f"{GATEWAY_ID}-b")))
     try:
         await _fetches(book, 300, 4)  # warm up every partition's path
         legs: list[tuple[float, float]] = []
@@ -192,9 +226,12 @@ async def run(bootstrap: str, fetches: int, cycles: int, idle: int) -> dict[str,
         parallel = await _fetches(book, fetches, 16)
         held, fetched = await _in_hand(book, cycles)
         after_idle = await _after_idle(book, idle, IDLE_S)
+        slot_admits, hand_backs, refused = await _hand_backs((book, book_b), hand_back_n)
     finally:
         router.cancel()
+        other_router.cancel()
         await replies.stop()
+        await other.stop()
         await producer.stop()
     return {"sequential": sequential, "back_to_back": back_to_back, "parallel": parallel,
             "held": held,
@@ -202,7 +239,8 @@ async def run(bootstrap: str, fetches: int, cycles: int, idle: int) -> dict[str,
             "to_limiter": [leg[0] for leg in legs], "from_limiter": [leg[1] for leg in legs],
             "broker_hop": hops, "broker_round_trip": round_trips,
             "fetch_wait_ms": wait,
-            "fetched": fetched, "cycles": cycles}
+            "fetched": fetched, "cycles": cycles,
+            "slot_admits": slot_admits, "hand_backs": hand_backs, "refused": refused}
 
 
 def _row(name: str, values: list[float]) -> str:
@@ -237,6 +275,22 @@ def render(r: dict[str, object]) -> str:
         "",
         f"Of {r['cycles']} admissions on one busy key, {r['fetched']} fetched a new lease "
         f"(the lease grows to `SLUICE_LEASE_MAX_REQUESTS` requests for a hot key).",
+        "",
+        "**A finished request's slot.** A key allowed one request at a time, "
+        f"{len(r['hand_backs']) + r['refused']} requests through two gateways in turn, "  # type: ignore[arg-type]
+        "each ended before the next began:",
+        "",
+        "| measurement | n | p50 ms | p99 ms | max ms |",
+        "|---|---|---|---|---|",
+        _row("request end → slot on the limiter's topic (hand-back)",
+             r["hand_backs"]),  # type: ignore[arg-type]
+        _row("next request at the other gateway: admission (a slot round trip)",
+             r["slot_admits"]),  # type: ignore[arg-type]
+        "",
+        f"Refused: {r['refused']} (a slot handed back is never refused to the next request). "
+        "A slot is handed back at its request's end, before the client sees it, when the "
+        "key had no slot left unheld at the last answer; otherwise the gateway keeps it "
+        "for the key's next request and the periodic sweep hands idle ones back.",
         "",
         f"- Admission with a lease in hand: p50 {in_hand_p50 * 1000:.1f} µs "
         f"(target ≤ {TARGET_IN_HAND_P50_MS} ms: {verdict(in_hand_p50 <= TARGET_IN_HAND_P50_MS)}).",
@@ -273,6 +327,7 @@ def main() -> None:
     parser.add_argument("--fetches", type=int, default=2000)
     parser.add_argument("--cycles", type=int, default=20000)
     parser.add_argument("--idle", type=int, default=30)
+    parser.add_argument("--hand-backs", type=int, default=400)
     args = parser.parse_args()
     with broker("admission-broker") as bootstrap, tempfile.TemporaryDirectory() as home:
         port = free_port()
@@ -281,7 +336,8 @@ def main() -> None:
             "SLUICE_STREAMS_PORT": str(port)})
         try:
             wait_http(f"http://127.0.0.1:{port}/ready", streams)
-            result = asyncio.run(run(bootstrap, args.fetches, args.cycles, args.idle))
+            result = asyncio.run(run(bootstrap, args.fetches, args.cycles, args.idle,
+                                     args.hand_backs))
         finally:
             streams.stop()
     body = render(result)

@@ -173,6 +173,11 @@ class Call:
         if disconnected or failed or self.transcript.usage is not None:
             self._report(499 if disconnected else 500 if failed else 200)
 
+    async def settled(self) -> None:
+        """After `finish`: once a slot it handed back is on the limiter's topic. Awaited
+        before the client sees the end, so its next request finds the slot free."""
+        await self.admitted.settled(self.st.settings.lease_timeout_s)
+
     def _report(self, status: int) -> None:
         t = self.transcript
         reasons = list(t.finish.values())

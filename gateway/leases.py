@@ -10,8 +10,12 @@ gets its next lease fetched in the background, so its requests seldom wait for t
 trip at all: as soon as the current one runs short, and as soon as it expires (at the
 end of its time to live or of the minute) while requests still come in.
 
-Whatever a lease had left when it is replaced goes back with the next request; slots
-come back when requests end, and idle ones are handed back by a periodic sweep.
+Whatever a lease had left when it is replaced goes back with the next request. Slots
+are asked for only by a request that needs one. When it ends, its slot is kept for the
+key's next request here only while more than half the key's slots were unheld at the
+limiter's last answer (a periodic sweep hands back idle ones); otherwise it is handed
+back at once, before the client sees the end, so the next request through any gateway
+finds it free.
 """
 
 from __future__ import annotations
@@ -47,6 +51,7 @@ class Lease:
     gap: float = 0.0  # seconds between the last two admissions
     last_admit: float = 0.0
     last_renewal: float = 0.0
+    slots_free: int | None = None  # the key's slots no gateway held, at the last answer
     waited: int = 0  # round trips a request of the key waited for, here
     ahead: int = 0  # round trips made in the background
     fetching: asyncio.Future[None] | None = field(default=None, repr=False)
@@ -55,6 +60,14 @@ class Lease:
     def usable(self, now: float, tokens: int) -> bool:
         return (now < self.expires_at and self.requests >= 1 and self.tokens >= tokens
                 and self.in_use < self.slots)
+
+    def hands_back_slots(self, concurrent: int | None) -> bool:
+        """Whether a slot its request no longer uses goes back to the limiter now: unless
+        more than half the key's slots were unheld at the limiter's last answer, another
+        gateway may soon want it (kept, it would be refused there)."""
+        if self.slots <= self.in_use:
+            return False
+        return self.slots_free is None or 2 * self.slots_free <= (concurrent or 0)
 
     def runs_short(self, tokens: int) -> bool:
         """Whether another request of `tokens` would find this lease spent."""
@@ -87,10 +100,12 @@ class Ask:
 
 
 def what_to_ask(lease: Lease, tokens: int, now: float, *, lease_ttl: float,
-                max_requests: int) -> Ask:
+                max_requests: int, slot: bool = True) -> Ask:
     """What `lease` needs to serve a request of `tokens` at `now` and, when it is out of
     requests, as many as the key's recent rate expects within a lease's life (at least
-    one, at most `max_requests`). An expired lease keeps nothing: what it had goes back."""
+    one, at most `max_requests`). An expired lease keeps nothing: what it had goes back.
+    A slot is asked for only with `slot` (a request waits for this answer): a fetch
+    ahead of need taking one would keep it from another gateway's request."""
     expired = now >= lease.expires_at
     kept_requests, kept_tokens = (0, 0) if expired else (lease.requests, lease.tokens)
     wanted = max(1, min(max_requests, math.ceil(lease.rate * lease_ttl)))
@@ -103,7 +118,7 @@ def what_to_ask(lease: Lease, tokens: int, now: float, *, lease_ttl: float,
     returned = (lease.requests, lease.tokens) if expired else (0, 0)
     return Ask(requests=requests, tokens=need_tokens,
                tokens_min=max(0, tokens - kept_tokens) if need_tokens else 0,
-               slots=1 if lease.in_use >= lease.slots else 0,
+               slots=1 if slot and lease.in_use >= lease.slots else 0,
                returned_requests=returned[0], returned_tokens=returned[1],
                returned_at=lease.granted_at if any(returned) else 0.0)
 
@@ -143,19 +158,28 @@ RENEW_WITHIN_GAPS = 2.0
 class Admitted:
     """A request's hold on its key's budget; `release` gives the slot back."""
 
-    def __init__(self, book: LeaseBook | None, key_id: str, tokens: int, at: float,
+    def __init__(self, book: LeaseBook | None, principal: Principal, tokens: int, at: float,
                  headers: dict[str, str]) -> None:
         self._book = book
-        self.key_id = key_id
+        self.principal = principal
+        self.key_id = principal.key_id
         self.tokens = tokens
         self.reserved_at = at
         self.admitted_at = time.time()
         self.headers = headers
+        self._handing_back: asyncio.Task[None] | None = None
 
     def release(self) -> None:
         if self._book is not None:
-            self._book.release(self.key_id)
+            self._handing_back = self._book.release(self.principal)
             self._book = None
+
+    async def settled(self, timeout: float) -> None:
+        """Once the slot `release` handed back is on the limiter's topic (if one was):
+        a request that ends after this leaves its slot to whichever gateway asks next."""
+        if self._handing_back is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(asyncio.shield(self._handing_back), timeout)
 
 
 class LeaseBook:
@@ -182,7 +206,7 @@ class LeaseBook:
     async def admit(self, principal: Principal, tokens: int) -> Admitted:
         """Admit one request needing `tokens`, or raise RateLimited / ServiceUnavailable."""
         if principal.admin:
-            return Admitted(None, principal.key_id, 0, time.time(), {})
+            return Admitted(None, principal, 0, time.time(), {})
         lease = self.leases.setdefault(principal.key_id, Lease())
         while True:
             now = time.time()
@@ -194,7 +218,7 @@ class LeaseBook:
                 lease.rate = 0.8 * lease.rate + 0.2 / max(elapsed, 1e-3)
                 lease.gap = elapsed
                 lease.last_admit = now
-                admitted = Admitted(self, principal.key_id, tokens, lease.granted_at,
+                admitted = Admitted(self, principal, tokens, lease.granted_at,
                                     headers(lease, now))
                 if lease.runs_short(tokens) and self._busy(lease):
                     self._prefetch(principal, lease, tokens)
@@ -264,10 +288,40 @@ class LeaseBook:
         if not task.cancelled():
             task.exception()  # a denial or timeout is kept on the lease or retried; not raised
 
-    def release(self, key_id: str) -> None:
-        lease = self.leases.get(key_id)
-        if lease is not None and lease.in_use > 0:
-            lease.in_use -= 1
+    def release(self, principal: Principal) -> asyncio.Task[None] | None:
+        """A request ended: its slot is free here, and handed back at once if the key has
+        none left unheld (the task, done when the limiter's topic has it)."""
+        lease = self.leases.get(principal.key_id)
+        if lease is None or lease.in_use <= 0:
+            return None
+        lease.in_use -= 1
+        if self._closed or not lease.hands_back_slots(principal.limits.concurrent):
+            return None
+        task = asyncio.get_running_loop().create_task(self._hand_back(principal, lease))
+        self._background.add(task)
+        task.add_done_callback(self._prefetched)
+        return task
+
+    async def _hand_back(self, principal: Principal, lease: Lease) -> None:
+        if lease.fetching is not None:  # after the round trip that is out: in order
+            await asyncio.shield(lease.fetching)
+        if (self.leases.get(principal.key_id) is not lease
+                or not lease.hands_back_slots(principal.limits.concurrent)):
+            return
+        lease.fetching = asyncio.get_running_loop().create_future()
+        try:
+            lease.slots = lease.in_use
+            req = LeaseRequested(
+                key_id=principal.key_id, tenant=principal.tenant, gateway_id=self._gateway_id,
+                reply_topic=self._replies.topic, requests=0, tokens=0, slots=0,
+                held_slots=lease.slots, limits=principal.limits, budgets=principal.budgets)
+            # Acknowledged, not answered: the limiter reads its topic in order, so a later
+            # request from any gateway finds the slot back.
+            await (await self._producer.send(topics.LEASES, req.encode(),
+                                             key=req.key_id.encode()))
+        finally:
+            lease.fetching.set_result(None)
+            lease.fetching = None
 
     async def _refill(self, principal: Principal, lease: Lease, tokens: int, *,
                       waited: bool) -> None:
@@ -291,7 +345,7 @@ class LeaseBook:
     async def _ask(self, principal: Principal, lease: Lease, tokens: int, *,
                    urgent: bool) -> None:
         ask = what_to_ask(lease, tokens, time.time(), lease_ttl=self._lease_ttl,
-                          max_requests=self._max_requests)
+                          max_requests=self._max_requests, slot=urgent)
         if ask.hands_back:  # what the expired lease had goes back with this request
             lease.requests = lease.tokens = 0
         req = LeaseRequested(
@@ -302,7 +356,7 @@ class LeaseBook:
             returned_at=ask.returned_at,
             urgent=urgent, limits=principal.limits, budgets=principal.budgets)
         grant = await self._round_trip(req)
-        lease.snapshot = grant.snapshot
+        lease.snapshot, lease.slots_free = grant.snapshot, grant.slots_free
         if grant.denied:
             lease.denial = grant
             lease.denied_until = time.time() + min(grant.retry_after_s, self._denial_cache_s)
@@ -359,7 +413,7 @@ class LeaseBook:
                 finally:
                     lease.fetching.set_result(None)
                     lease.fetching = None
-                lease.slots = held
+                lease.slots, lease.slots_free = held, grant.slots_free
                 lease.last_renewal = grant.granted_at
                 if stale:
                     lease.requests = lease.tokens = 0

@@ -146,7 +146,7 @@ async def serve(request: Request, event: InferenceRequested, renderer: Renderer[
                                      "reserved_at": admitted.reserved_at})
     call = Call(st, request, event, request.state.endpoint, admitted, cache=found.state)
     if found.entry is not None:
-        return _from_cache(call, found, renderer, headers)
+        return await _from_cache(call, found, renderer, headers)
     try:
         await call.start()
         if event.stream:  # wait for the first chunk: an error before it is a plain HTTP error
@@ -160,6 +160,7 @@ async def serve(request: Request, event: InferenceRequested, renderer: Renderer[
         call.finish()
         if done is None:
             return Response(status_code=499)
+        await call.settled()
         st.cache.store(event, found, call.transcript)
         return Response(renderer.whole(call.transcript).model_dump_json(),
                         media_type="application/json", headers=headers)
@@ -174,6 +175,8 @@ async def serve(request: Request, event: InferenceRequested, renderer: Renderer[
                 for delta in deltas:
                     yield renderer.piece(delta)
             st.cache.store(event, found, call.transcript)
+            call.finish()
+            await call.settled()
             for document in renderer.closing(call.transcript):
                 yield document
         except (asyncio.CancelledError, GeneratorExit):
@@ -191,8 +194,8 @@ async def serve(request: Request, event: InferenceRequested, renderer: Renderer[
     return sse(events(), headers)
 
 
-def _from_cache(call: Call, found: cache.Lookup, renderer: Renderer[Any],
-                headers: dict[str, str]) -> Response:
+async def _from_cache(call: Call, found: cache.Lookup, renderer: Renderer[Any],
+                      headers: dict[str, str]) -> Response:
     """The stored answer in the shape a fresh one has, streamed or whole."""
     assert found.entry is not None
     st = call.st
@@ -201,6 +204,7 @@ def _from_cache(call: Call, found: cache.Lookup, renderer: Renderer[Any],
     usage = st.cache.hit(call.event, found, (call.first_token_at - call.started) * 1000)
     st.outcomes.publish(topics.USAGE, usage, usage.key_id)
     call.finish()
+    await call.settled()
     if not call.event.stream:
         return Response(renderer.whole(t).model_dump_json(), media_type="application/json",
                         headers=headers)

@@ -368,6 +368,10 @@ class LeaseGranted(Event):
     message: str | None = None
     retry_after_s: float = 0.0
     snapshot: RateSnapshot
+    slots_free: int | None = Field(default=None, description=(
+        "Concurrency slots of the key no gateway held after this answer: unless that is "
+        "more than half, a gateway hands a slot back as soon as its request ends, so "
+        "another gateway can have it."))
 
 
 class BudgetAlert(Event):

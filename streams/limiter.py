@@ -11,6 +11,8 @@ come back when the request's usage arrives.
 - `tokens_per_minute` is a fixed UTC minute of reserved tokens, corrected by usage.
 - `concurrent` slots are held per gateway until returned or, if the gateway goes
   silent, until they expire (`slot_ttl`), so a dead gateway cannot hold them forever.
+  Each answer says how many no gateway holds (`slots_free`): unless that is more than
+  half, gateways hand a slot back as soon as its request ends.
 """
 
 from __future__ import annotations
@@ -169,12 +171,14 @@ class Account:
         self.take_back(req)
         others = sum(h.slots for g, h in self.holdings.items() if g != req.gateway_id)
         self.holdings[req.gateway_id] = Holding(req.held_slots, now + slot_ttl)
+        slots_free = max(0, (limits.concurrent or 0) - others - req.held_slots)
 
         def deny(code: str, message: str, retry: float) -> LeaseGranted:
             return LeaseGranted(
                 lease_request_id=req.event_id, key_id=req.key_id, granted_at=now,
                 expires_at=now, denied=code, message=message,  # type: ignore[arg-type]
-                retry_after_s=round(max(0.0, retry), 3), snapshot=self.snapshot(now, limits))
+                retry_after_s=round(max(0.0, retry), 3), snapshot=self.snapshot(now, limits),
+                slots_free=slots_free)
 
         crossed, blocked = self.quota_state(req, now)
         if blocked and (req.requests or req.tokens or req.slots):
@@ -192,7 +196,6 @@ class Account:
             return deny("rate_limit_exceeded",
                         "Token rate limit reached for this key.",
                         self.minute + MINUTE - now), crossed
-        slots_free = max(0, (limits.concurrent or 0) - others - req.held_slots)
         slots = min(req.slots, slots_free)
         if req.slots and not slots:
             return deny("rate_limit_exceeded",
@@ -207,7 +210,7 @@ class Account:
         return LeaseGranted(
             lease_request_id=req.event_id, key_id=req.key_id, requests=requests, tokens=tokens,
             slots=slots, granted_at=now, expires_at=expires,
-            snapshot=self.snapshot(now, limits)), crossed
+            snapshot=self.snapshot(now, limits), slots_free=slots_free - slots), crossed
 
     # -- usage ------------------------------------------------------------------------------
 

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import concurrent.futures
+import math
 import time
 import uuid
 
 import httpx
+import pytest
 
 from schemas import topics
 from schemas.events import BudgetAlert, RequestCompleted
+from schemas.tiers import TIER_LIMITS
 from tests.conftest import MODEL, Gateway, admin, create_key, start_gateway, wait_until
 from tests.events import read_events
 
@@ -320,3 +324,62 @@ def test_forwarded_for_is_ignored_from_untrusted_peers(
         assert codes == [401, 401, 401, 429, 429], "spoofed addresses share the peer's bucket"
     finally:
         gw.proc.stop(30)
+
+
+# -- the same limits through one gateway or two -------------------------------------------
+
+
+def _free_key(gateway: Gateway, gateways: list[Gateway], **body: object) -> dict[str, object]:
+    key = create_key(gateway, _tenant(), **{"tier": "free", **body})
+    for gw in gateways:
+        wait_until(lambda gw=gw: httpx.get(f"{gw.base_url}/models", timeout=5, headers={
+            "Authorization": f"Bearer {key['secret']}"}).status_code == 200, 10,
+            "the gateway to learn the key")
+    return key
+
+
+def _outcomes(gateways: list[Gateway], secret: object, rounds: int, at_once: int
+              ) -> tuple[list[str], float]:
+    """`rounds` rounds of `at_once` requests together, each round through the next gateway
+    and only after the last has ended; each request's outcome, and the seconds taken."""
+    def outcome(r: httpx.Response) -> str:
+        return "ok" if r.status_code == 200 else r.json()["error"]["message"]
+
+    out = []
+    start = time.monotonic()
+    with httpx.Client(timeout=120, headers={"Authorization": f"Bearer {secret}"}) as http, \
+            concurrent.futures.ThreadPoolExecutor(at_once) as pool:
+        for i in range(rounds):
+            url = f"{gateways[i % len(gateways)].base_url}/chat/completions"
+            together = [pool.submit(http.post, url, json=_body()) for _ in range(at_once)]
+            out += [outcome(f.result()) for f in together]
+    return out, time.monotonic() - start
+
+
+@pytest.mark.parametrize("at_once", [1, 2], ids=["sequential", "pairs"])
+@pytest.mark.parametrize("spread", [1, 2], ids=["one-gateway", "two-gateways"])
+def test_a_free_key_gets_its_tier_however_many_gateways_serve_it(
+        gateway: Gateway, gateway_b: Gateway, spread: int, at_once: int) -> None:
+    """The free tier: a burst of 20, 10 more a minute, 2 at a time. Requests one at a time
+    or in pairs never exceed 2 at once, so only the request rate refuses any, and as many
+    pass through two gateways taken in turn as through one."""
+    gateways = [gateway, gateway_b][:spread]
+    key = _free_key(gateway, gateways)
+    out, took = _outcomes(gateways, key["secret"], 40 // at_once, at_once)
+    limits = TIER_LIMITS["free"]
+    burst, refilled = limits.burst or 0, math.floor(took * (limits.requests_per_minute or 0) / 60)
+    assert set(out) <= {"ok", "Request rate limit reached for this key."}, out
+    assert burst <= out.count("ok") <= burst + refilled + 1, (out, took)
+    if spread == 1:
+        assert out[:burst] == ["ok"] * burst, out
+    # Through two, the last of the burst may be in the other gateway's lease, to be used
+    # by its next request: the count is the same, the order may differ.
+
+
+def test_a_slot_given_back_is_free_at_the_other_gateway_at_once(
+        gateway: Gateway, gateway_b: Gateway) -> None:
+    """One request at a time allowed: each request, through the gateways in turn, finds the
+    slot the last one gave back on its way out."""
+    key = _free_key(gateway, [gateway_b], tier="enterprise", limits={"concurrent": 1})
+    out, _ = _outcomes([gateway, gateway_b], key["secret"], 24, 1)
+    assert out == ["ok"] * 24, out

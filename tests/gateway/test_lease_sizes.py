@@ -66,3 +66,18 @@ def test_a_slot_only_when_every_held_slot_is_in_use() -> None:
     assert ask(live(slots=0, in_use=0)).slots == 1
     assert ask(live(slots=2, in_use=1)).slots == 0
     assert ask(live(slots=2, in_use=2)).slots == 1
+
+
+def test_only_a_request_waiting_for_it_asks_for_a_slot() -> None:
+    assert ask(live(slots=1, in_use=1)).slots == 1
+    fetch_ahead = what_to_ask(live(slots=1, in_use=1), 100, NOW, lease_ttl=TTL,
+                              max_requests=MAX, slot=False)
+    assert fetch_ahead.slots == 0
+
+
+def test_a_finished_requests_slot_is_kept_only_while_most_are_unheld() -> None:
+    assert live(slots=1, in_use=0, slots_free=6).hands_back_slots(10) is False
+    assert live(slots=1, in_use=0, slots_free=5).hands_back_slots(10) is True
+    assert live(slots=1, in_use=0, slots_free=1).hands_back_slots(2) is True
+    assert live(slots=2, in_use=2, slots_free=0).hands_back_slots(2) is False  # none idle
+    assert live(slots=1, in_use=0, slots_free=None).hands_back_slots(100) is True

@@ -127,6 +127,18 @@ def test_concurrency_slots_across_gateways_and_their_expiry() -> None:
     assert ask(account, limits, gateway="g3", slots=3, at=later)[0].slots == 3
 
 
+def test_every_answer_says_how_many_slots_no_gateway_holds() -> None:
+    limits = Limits(requests_per_minute=10**6, requests_per_hour=10**6,
+                    requests_per_day=10**6, tokens_per_minute=10**9, burst=10**6,
+                    concurrent=3)
+    account = Account()
+    assert ask(account, limits, gateway="g1", slots=1)[0].slots_free == 2
+    assert ask(account, limits, gateway="g2", slots=2)[0].slots_free == 0
+    denied, _ = ask(account, limits, gateway="g3", slots=1)
+    assert denied.denied is not None and denied.slots_free == 0
+    assert ask(account, limits, gateway="g2", requests=0, tokens=0, held=0)[0].slots_free == 2
+
+
 def test_hard_quota_blocks_and_soft_alerts_once_per_period() -> None:
     limits = TIER_LIMITS["pro"]
     budgets = Budgets(daily_tokens=Budget(soft=100, hard=150))
