@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from pydantic import Field
 
 from broker.settings import CommaList, SluiceSettings
@@ -26,8 +28,15 @@ class Settings(SluiceSettings):
     internal_token: str | None = Field(
         default=None, description="What the gateway shows the analytics API; unset makes a "
         "new one for each `sluice up`.")
+    journal_path: Path | None = Field(
+        default=None, description="With the embedded broker: the definitions journal "
+        "(`broker.journal`); default `SLUICE_HOME/journal/definitions.jsonl`.")
     pin: bool = Field(default=True, description="On CPU-only machines, keep the broker and "
                       "gateway off the cores vLLM binds its model runner to.")
+
+    @property
+    def journal(self) -> Path:
+        return self.journal_path or self.home / "journal" / "definitions.jsonl"
 
     @property
     def bootstrap(self) -> str:

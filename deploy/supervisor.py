@@ -1,7 +1,8 @@
 """`sluice up`: the whole stack on one machine, as supervised child processes.
 
 Children start in order (broker, streams, analytics, one worker per model, gateway), each
-only once the one before is ready. Their output is prefixed with their role. A child that
+only once the one before is ready; a new embedded broker first gets back the definitions
+the journal kept (`broker.journal`). Their output is prefixed with their role. A child that
 crashes is restarted with backoff. Ctrl-C or SIGTERM stops them in reverse order, and each
 child runs in a process group of its own that is killed outright if it does not stop in
 time, so nothing outlives the supervisor, not even vLLM's engine processes.
@@ -21,8 +22,9 @@ import time
 import urllib.request
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
-from broker import Broker, profiles
+from broker import Broker, journal, profiles
 from deploy.settings import Settings
 
 PR_SET_PDEATHSIG = 1
@@ -183,6 +185,16 @@ def admin_key(settings: Settings) -> str:
     return path.read_text().strip()
 
 
+async def _restore(broker: Broker, path: Path) -> None:
+    """Put what the journal kept back on the new embedded broker's definition topics."""
+    contents = await journal.replay(broker, path)
+    for problem in contents.problems:
+        print(f"supervisor | journal: {problem}", flush=True)
+    if contents.records:
+        print(f"supervisor | restored {len(contents.records)} definitions (keys, tenants, "
+              f"prices, A/B tests) from {path}", flush=True)
+
+
 def plan(settings: Settings) -> list[Child]:
     """The children of `sluice up`, in start order."""
     me = [sys.executable, "-m", "deploy"]
@@ -196,13 +208,18 @@ def plan(settings: Settings) -> list[Child]:
     side = {"SLUICE_CPUS": json.dumps(cpus)} if settings.pin and (cpus := side_cpus()) else {}
     timeout = settings.ready_timeout_s
     children = []
+    journaled: dict[str, str] = {}
     if settings.kafka_bootstrap is None:
+        async def broker_ready(c: Child) -> None:
+            await _wait_port(settings.broker_host, settings.broker_port, c, 30)
+            await _restore(broker, settings.journal)
+
         children.append(Child(
             "broker", [*me, "broker", "--host", settings.broker_host,
                        "--port", str(settings.broker_port)],
-            ready=lambda c: _wait_port(settings.broker_host, settings.broker_port, c, 30),
-            stop_timeout_s=5, env={**common, **side},
+            ready=broker_ready, stop_timeout_s=5, env={**common, **side},
         ))
+        journaled = {"SLUICE_JOURNAL_PATH": str(settings.journal)}
     streams_url = f"http://{settings.streams_host}:{settings.streams_port}"
     children.append(Child(
         "streams", [*me, "streams"],
@@ -239,7 +256,7 @@ def plan(settings: Settings) -> list[Child]:
         stop_timeout_s=35, env={**common, **side, "SLUICE_STREAMS_URL": streams_url,
                                 "SLUICE_ADMIN_KEY": admin_key(settings),
                                 "SLUICE_ANALYTICS_URL": analytics_url,
-                                "SLUICE_INTERNAL_TOKEN": internal_token},
+                                "SLUICE_INTERNAL_TOKEN": internal_token, **journaled},
     ))
     return children
 

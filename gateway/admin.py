@@ -15,9 +15,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from broker.journal import Record
 from gateway import protocol
 from gateway.auth import require_admin
-from gateway.exceptions import Conflict, InvalidRequest, NotFound
+from gateway.exceptions import Conflict, InvalidRequest, NotFound, ServiceUnavailable
 from gateway.keys import hash_secret, new_secret, tenant_key
 from gateway.state import GatewayState, state
 from schemas import topics
@@ -50,8 +51,16 @@ async def _admin(request: Request) -> GatewayState:
 
 
 async def _publish(st: GatewayState, topic: str, key: bytes, event: Event) -> None:
-    delivery = await st.producer.send(topic, event.encode(), key=key)
-    await delivery
+    value = event.encode()
+    await (await st.producer.send(topic, value, key=key))
+    if st.journal is not None:  # the embedded broker forgets: on disk before answering
+        try:
+            await st.journal.append(Record(topic, key, value))
+        except OSError as exc:
+            raise ServiceUnavailable(
+                f"The change is in effect but could not be written to the journal "
+                f"({st.journal.path}: {exc.strerror}); it will be lost when the stack "
+                "restarts unless it is made again.", code="journal_unavailable") from None
 
 
 def _json(body: Any, status: int = 200) -> Response:

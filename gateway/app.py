@@ -13,6 +13,7 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 
 from broker import Broker
+from broker.journal import Journal
 from gateway import (
     accounts,
     admin,
@@ -78,6 +79,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         app.state.reporting = reporting.client(settings)
         app.state.gateway = GatewayState(
             settings=settings,
+            journal=Journal(settings.journal_path) if settings.journal_path else None,
             producer=producer,
             replies=replies,
             registry=registry,

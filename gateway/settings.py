@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+from pathlib import Path
 
 from pydantic import Field
 
@@ -38,6 +39,9 @@ class Settings(SluiceSettings):
                                description="The analytics process's reporting API.")
     internal_token: str = Field(default="", description="Shown to the analytics API in "
                                 "`x-sluice-internal-token` (the same setting as its own).")
+    journal_path: Path | None = Field(default=None, description="Set by `sluice up` with the "
+                                      "embedded broker: the definitions journal "
+                                      "(`broker.journal`) the admin API appends to.")
     lease_timeout_s: float = 2.0
     # How long a gateway may keep an unused slice of a key's budget (capped at the
     # minute's end); what it did not use goes back with its next lease request.

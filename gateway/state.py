@@ -8,6 +8,7 @@ import httpx
 from aiokafka import AIOKafkaProducer
 from starlette.requests import Request
 
+from broker.journal import Journal
 from broker.replies import ReplyRouter
 from gateway.auth import IpLimiter
 from gateway.cache import ResponseCache
@@ -40,6 +41,7 @@ class GatewayState:
     streams: httpx.AsyncClient
     cache: ResponseCache
     embedder: PromptEmbedder
+    journal: Journal | None = None
 
 
 def state(request: Request) -> GatewayState:

@@ -52,6 +52,7 @@ def test_up_serves_and_stops_cleanly(home: Path, tmp_path: Path) -> None:
            "SLUICE_ANALYTICS_PORT": str(free_port()),
            # chDB opens a data path in one process only: not the shared home's.
            "SLUICE_CLICKHOUSE_URL": f"chdb://{tmp_path / 'clickhouse'}",
+           "SLUICE_JOURNAL_PATH": str(tmp_path / "definitions.jsonl"),
            "SLUICE_KV_CACHE_GIB": "1", "PYTHONUNBUFFERED": "1"}
     for name in ("SLUICE_KAFKA_BOOTSTRAP", "SLUICE_ADMIN_KEY", "SLUICE_INTERNAL_TOKEN"):
         env.pop(name, None)
