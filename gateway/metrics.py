@@ -6,6 +6,10 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 TTFT_BUCKETS = (0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 30)
+# An exact lookup takes microseconds; a semantic one waits for an embedding (issue 16:
+# at most 15 ms more than an exact miss), or for its timeout.
+LOOKUP_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.015, 0.025, 0.05,
+                  0.1, 0.25, 0.5, 1, 2.5)
 
 
 class Metrics:
@@ -30,6 +34,12 @@ class Metrics:
         self.in_flight = Gauge(
             "sluice_requests_in_flight", "Requests admitted and not yet finished.",
             ["model"], registry=self.registry,
+        )
+        self.cache_lookup = Histogram(
+            "sluice_cache_lookup_seconds", "Time to look a request up in the response "
+            "cache, a semantic key's embedding included, by the key's cache mode (exact or "
+            "semantic) and the outcome (hit or miss); bypassed requests are not counted.",
+            ["mode", "outcome"], buckets=LOOKUP_BUCKETS, registry=self.registry,
         )
         self.lease_round_trips = Counter(
             "sluice_lease_round_trips", "Lease requests to the limiter: `waited` when a "

@@ -135,8 +135,12 @@ async def serve(request: Request, event: InferenceRequested, renderer: Renderer[
     st = state(request)
     principal: Principal = request.state.principal
     asked = request.headers.get("cache-control")
+    looking = time.perf_counter()
     found = st.cache.lookup(event, principal.cache, asked)
     found = await st.cache.similar(event, found, principal.cache, asked, st.embedder)
+    if found.state != "bypass":
+        st.outcomes.metrics.cache_lookup.labels(principal.cache.mode, found.state).observe(
+            time.perf_counter() - looking)
     hit = found.entry is not None
     admitted = await st.leases.admit(  # a hit is a request too, but it uses no tokens
         principal, 0 if hit else protocol.reservation(event, st.settings.default_reserved_tokens))

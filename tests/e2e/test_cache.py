@@ -266,3 +266,8 @@ def test_a_semantic_key_reuses_the_answer_to_a_paraphrase_and_nothing_else(
     exact = create_key(gateway, f"cache-{tag}", tier="enterprise", cache=EXACT)
     assert _post(gateway, exact["secret"], _body(
         f"What is the capital of France? (ref {tag})")).headers["x-sluice-cache"] == "miss"
+    # the gateway times each lookup, the embedding included, by mode and outcome
+    metrics = httpx.get(f"{gateway.url}/metrics", timeout=10).text
+    for mode, outcome in (("semantic", "hit"), ("semantic", "miss"), ("exact", "miss")):
+        assert f'sluice_cache_lookup_seconds_count{{mode="{mode}",outcome="{outcome}"}}' \
+            in metrics
