@@ -171,13 +171,14 @@ async def health(request: Request) -> Response:
 
 
 async def ready(request: Request) -> Response:
-    """ClickHouse answers and is migrated; the sink (if it runs here) is consuming."""
+    """ClickHouse answers and is migrated; the sink (if it runs here) is consuming: in its
+    group, with its partitions, so an event published now lands."""
     st = state(request)
     clickhouse = st.ready.is_set() and await st.warehouse.ping()
-    sink = st.sink is None or st.sink.stats.running
+    sink = st.sink is None or st.sink.stats.consuming
     ok = clickhouse and sink
     return JSONResponse({"status": "ready" if ok else "unavailable", "clickhouse": clickhouse,
-                         "sink": None if st.sink is None else st.sink.stats.running},
+                         "sink": None if st.sink is None else st.sink.stats.consuming},
                         status_code=200 if ok else 503,
                         headers=None if ok else {"Retry-After": "1"})
 

@@ -31,6 +31,9 @@ class Settings(SluiceSettings):
     heartbeat_interval_ms: int = 1_000
     batch_max_events: int = Field(default=50_000, ge=1)
     batch_max_wait_s: float = Field(default=1.0, gt=0)
+    batch_idle_s: float = Field(
+        default=0.1, gt=0, description="A batch lands as soon as nothing more has come for "
+        "this long: light traffic does not wait for `batch_max_wait_s`.")
     dedup_capacity: int = Field(
         default=500_000, description="Event ids remembered to drop upstream duplicates.",
     )

@@ -1,7 +1,8 @@
 """The sink: every event on sluice.requests, .usage, .cache and .ledger, into ClickHouse.
 
 One member of the analytics consumer group. It collects records until it holds
-`batch_max_events` of them or the oldest has waited `batch_max_wait_s`, and then:
+`batch_max_events` of them, the oldest has waited `batch_max_wait_s`, or nothing more has
+come for `batch_idle_s` (light traffic lands at once), and then:
 
 1. decodes them and drops events already stored: an id it has seen before (producers are
    at-least-once too; a ledger entry may be priced twice under one id);
@@ -56,6 +57,7 @@ class SinkStats:
     """What the sink has done since it started (served at /v1/admin/analytics/sink)."""
 
     running: bool = False
+    consuming: bool = False  # joined the group and holds partitions, recovered
     # What it is doing now: waiting, collecting, journaling, inserting, committing,
     # recovering. Useful to see where a stuck sink is (and for the crash test).
     phase: str = "waiting"
@@ -207,7 +209,7 @@ class Sink:
                 await self._until_stopped(asyncio.sleep(backoff))
                 backoff = min(backoff * 2, 10.0)
             finally:
-                self.stats.running = False
+                self.stats.running = self.stats.consuming = False
                 self.stats.phase = "waiting"
         log.info("sink stopped: what it held is landed and committed")
 
@@ -258,7 +260,7 @@ class Sink:
                     raise self._failure
                 self._pending.add(fetched)
                 self.stats.consumed += sum(len(b) for b in fetched.values())
-                if self._due():
+                if self._due() or (self._pending.count and not any(fetched.values())):
                     async with self._lock:
                         await self._flush(consumer)
             async with self._lock:
@@ -269,10 +271,13 @@ class Sink:
                 await consumer.stop()
 
     def _wait_ms(self) -> int:
+        """Until the next fetch gives up: with records in hand, no longer than the idle
+        wait (an empty fetch then lands them) nor past the batch's deadline."""
+        settings = self.settings
         if self._pending.since is None:
-            return int(self.settings.batch_max_wait_s * 1000)
-        left = self.settings.batch_max_wait_s - (time.monotonic() - self._pending.since)
-        return max(0, int(left * 1000))
+            return int(settings.batch_max_wait_s * 1000)
+        left = settings.batch_max_wait_s - (time.monotonic() - self._pending.since)
+        return max(0, int(min(left, settings.batch_idle_s) * 1000))
 
     def _due(self) -> bool:
         pending = self._pending
@@ -326,6 +331,7 @@ class Sink:
 
     async def revoked(self, consumer: AIOKafkaConsumer) -> None:
         """Partitions are leaving: land and commit what we hold for them first."""
+        self.stats.consuming = False
         async with self._lock:
             try:
                 await self._flush(consumer)
@@ -347,6 +353,7 @@ class Sink:
             self._failure = exc
             return
         consumer.resume(*assigned)
+        self.stats.consuming = True
 
     async def _recover(self, consumer: AIOKafkaConsumer, assigned: set[TopicPartition]) -> None:
         starts: dict[str, TopicPartition] = {}

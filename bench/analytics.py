@@ -45,8 +45,10 @@ from schemas.reporting import ANALYTICS, TENANT, TOKEN, USAGE_EXPORT
 
 TARGET_EVENTS_PER_S = 20_000
 TARGET_FRESHNESS_P95_S = 2.0
+TARGET_IDLE_FRESHNESS_P95_S = 1.0
 TARGET_EXPORT_MS = 200.0
 TARGET_SUMMARY_MS = 300.0
+IDLE_GAP_S = 2.0
 MODELS = ("smollm2-135m-instruct", "llama-3.1-8b-instruct", "qwen2.5-7b-instruct",
           "mistral-7b-instruct")
 
@@ -125,9 +127,45 @@ async def throughput(settings: Settings, warehouse: Warehouse, requests: int
             "batches": sink.stats.batches, "sink": sink, "task": task}
 
 
-async def freshness(settings: Settings, warehouse: Warehouse, rate: int, seconds: float
+async def first_after_ready(settings: Settings, warehouse: Warehouse, n: int
+                            ) -> list[tuple[float, float]]:
+    """`n` times, a sink of a new group is started on the (nearly empty) topics: how long
+    until it is consuming (what `/ready` and `sluice up` wait for), and then how long an
+    event published at that moment takes to be visible."""
+    ready = asyncio.Event()
+    ready.set()
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, linger_ms=0)
+    await producer.start()
+    out = []
+    try:
+        for i in range(n):
+            sink = Sink(settings.model_copy(update={"analytics_group": f"bench-first-{i}"}),
+                        warehouse, ready)
+            task = asyncio.create_task(sink.run())
+            started = time.monotonic()
+            await _until(lambda sink=sink: sink.stats.consuming)  # type: ignore[misc]
+            consuming = time.monotonic()
+            tenant = f"first-{i}-{int(time.time())}"
+            await producer.send_and_wait(topics.USAGE, UsageRecorded(
+                request_id=tenant, model=MODELS[0], key_id="k", tenant=tenant,
+                worker_id="w1", status="completed", prompt_tokens=1, completion_tokens=1,
+                latency_ms=1.0).encode(), key=b"k")
+            sql, params = "SELECT count() FROM usage WHERE tenant = {t:String}", {"t": tenant}
+            for _ in range(1200):  # polls every 50 ms, for a minute at most
+                if (await warehouse.query(sql, params)).rows[0][0]:
+                    break
+                await asyncio.sleep(0.05)
+            out.append((consuming - started, time.monotonic() - consuming))
+            sink.stop()
+            await task
+    finally:
+        await producer.stop()
+    return out
+
+
+async def freshness(settings: Settings, warehouse: Warehouse, rate: float, seconds: float
                     ) -> list[float]:
-    tenant = f"fresh-{int(time.time())}"
+    tenant = f"fresh-{rate:g}-{int(time.time())}"
     producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, linger_ms=0)
     await producer.start()
     sent: dict[str, float] = {}
@@ -145,10 +183,13 @@ async def freshness(settings: Settings, warehouse: Warehouse, rate: int, seconds
             sent[request_id] = time.monotonic()
             i += 1
             await asyncio.sleep(max(0.0, start + i * interval - time.monotonic()))
+        published.set()
+
+    published = asyncio.Event()
 
     async def poll() -> None:
         deadline = time.monotonic() + seconds + 10
-        while time.monotonic() < deadline and (len(seen) < len(sent) or not sent):
+        while time.monotonic() < deadline and not (published.is_set() and len(seen) == len(sent)):
             rows = (await warehouse.query(
                 "SELECT request_id FROM usage WHERE tenant = {t:String}", {"t": tenant})).rows
             now = time.monotonic()
@@ -220,25 +261,33 @@ async def run(args: argparse.Namespace) -> str:
         from analytics import migrations
         with warehouse.writer() as client:
             migrations.migrate(client)
+        first = await first_after_ready(settings, warehouse, 3)
+        print(f"first event after ready: {first}", flush=True)
         tp = await throughput(settings, warehouse, args.requests)
         print(f"throughput: {tp['events']} events in {tp['seconds']:.2f}s "
               f"= {tp['per_s']:.0f}/s", flush=True)
         fresh = await freshness(settings, warehouse, args.rate, args.seconds)
         print(f"freshness: p50 {statistics.median(fresh):.3f}s p95 {percentile(fresh, 0.95):.3f}s",
               flush=True)
+        idle = await freshness(settings, warehouse, 1 / IDLE_GAP_S, args.idle_seconds)
+        print(f"idle freshness: p50 {statistics.median(idle):.3f}s "
+              f"p95 {percentile(idle, 0.95):.3f}s", flush=True)
         tp["sink"].stop()
         await tp["task"]
         warehouse.close()
         q = await asyncio.to_thread(queries, settings, args.rows, args.runs)
         print(f"queries: export p50 {statistics.median(q['export']):.1f} ms, "
               f"summary p50 {statistics.median(q['summary']):.1f} ms", flush=True)
-    return _report(args, tp, fresh, q)
+    return _report(args, tp, fresh, q, idle, first)
 
 
 def _report(args: argparse.Namespace, tp: dict[str, Any], fresh: list[float],
-            q: dict[str, Any]) -> str:
+            q: dict[str, Any], idle: list[float], first: list[tuple[float, float]]) -> str:
     machine = cpu()
     p50, p95 = statistics.median(fresh), percentile(fresh, 0.95)
+    idle50, idle95 = statistics.median(idle), percentile(idle, 0.95)
+    joins = ", ".join(f"{j:.2f}" for j, _ in first)
+    firsts = ", ".join(f"{v:.2f}" for _, v in first)
     ex50, ex_max = statistics.median(q["export"]), max(q["export"])
     su50, su_max = statistics.median(q["summary"]), max(q["summary"])
     when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
@@ -251,6 +300,14 @@ def _report(args: argparse.Namespace, tp: dict[str, Any], fresh: list[float],
          f"{p50:.2f} s", "", ""),
         ("freshness p95", f"{p95:.2f} s", f"≤ {TARGET_FRESHNESS_P95_S:.0f} s",
          f"{p95 / TARGET_FRESHNESS_P95_S:.2f}x of the limit"),
+        (f"idle freshness p50 ({len(idle)} events, one every {IDLE_GAP_S:g} s)",
+         f"{idle50:.2f} s", "", ""),
+        ("idle freshness p95", f"{idle95:.2f} s", f"≤ {TARGET_IDLE_FRESHNESS_P95_S:.0f} s",
+         f"{idle95 / TARGET_IDLE_FRESHNESS_P95_S:.2f}x of the limit"),
+        (f"a new sink: start → consuming (its `/ready`), {len(first)} runs",
+         f"{joins} s", "", ""),
+        ("then an event published at once → visible", f"{firsts} s",
+         f"≤ {TARGET_IDLE_FRESHNESS_P95_S:.0f} s", ""),
         (f"usage export by day and model, one tenant, 90 days "
          f"(p50 / max of {len(q['export'])})", f"{ex50:.1f} / {ex_max:.1f} ms",
          f"≤ {TARGET_EXPORT_MS:.0f} ms", f"{ex50 / TARGET_EXPORT_MS:.2f}x of the limit"),
@@ -261,7 +318,8 @@ def _report(args: argparse.Namespace, tp: dict[str, Any], fresh: list[float],
     return f"""
 Run {when} on {machine}, {os.cpu_count()} cores; embedded ClickHouse (chDB) through
 clickhouse-connect, embedded broker (Tansu). The sink runs in-process, with its defaults
-(batches of at most 50,000 events or 1 s), exactly as in `sluice analytics`.
+(batches of at most 50,000 events or 1 s, or whatever it holds once nothing more has come
+for 0.1 s), exactly as in `sluice analytics`.
 
 {_table(rows)}
 
@@ -289,6 +347,8 @@ def main() -> None:
                    help="requests in the throughput backlog (about 3.05 events each)")
     p.add_argument("--rate", type=int, default=200, help="freshness: events per second")
     p.add_argument("--seconds", type=float, default=20.0, help="freshness: how long")
+    p.add_argument("--idle-seconds", type=float, default=40.0,
+                   help="idle freshness: how long (one event every 2 s)")
     p.add_argument("--runs", type=int, default=20, help="timed runs of each query")
     p.add_argument("--no-write", action="store_true", help="print, don't write the docs")
     args = p.parse_args()

@@ -28,6 +28,8 @@ class Settings(SluiceSettings):
     internal_token: str | None = Field(
         default=None, description="What the gateway shows the analytics API; unset makes a "
         "new one for each `sluice up`.")
+    clickhouse_url: str | None = Field(
+        default=None, description="As `sluice analytics` reads it; unset is embedded chDB.")
     journal_path: Path | None = Field(
         default=None, description="With the embedded broker: the definitions journal "
         "(`broker.journal`); default `SLUICE_HOME/journal/definitions.jsonl`.")

@@ -230,12 +230,15 @@ def plan(settings: Settings) -> list[Child]:
     # Only the gateway may call the reporting API, and it proves it with this token.
     internal_token = settings.internal_token or secrets.token_urlsafe(32)
     analytics_url = f"http://{settings.analytics_host}:{settings.analytics_port}"
+    # With embedded chDB, ready once the sink is consuming, so that the first request after
+    # the ready line lands. With a ClickHouse server, alive is enough: an unreachable server
+    # makes reporting 503 but must not keep inference from starting.
+    embedded = (settings.clickhouse_url or "chdb://").startswith("chdb://")
     children.append(Child(
-        # /health, not /ready: an unreachable ClickHouse server makes reporting 503 but
-        # must not keep inference from starting. chDB is migrated before it listens.
         "analytics", [*me, "analytics", "--host", settings.analytics_host,
                       "--port", str(settings.analytics_port)],
-        ready=lambda c: _wait_http_ready(f"{analytics_url}/health", c, 120),
+        ready=lambda c: _wait_http_ready(
+            f"{analytics_url}/{'ready' if embedded else 'health'}", c, 120),
         stop_timeout_s=40, env={**common, **side, "SLUICE_INTERNAL_TOKEN": internal_token},
     ))
     for model in settings.models:

@@ -63,6 +63,7 @@ class Worker:
         self.revoked: set[TopicPartition] = set()
         self._slot_free = asyncio.Event()
         self._stopping = asyncio.Event()
+        self.joined = asyncio.Event()  # the group has given this worker its partitions
         self._tasks: list[asyncio.Task[None]] = []
 
     # -- lifecycle --------------------------------------------------------------------------
@@ -218,6 +219,9 @@ class Worker:
             log.warning("commit deferred: %s", exc)
 
     async def _heartbeat(self) -> None:
+        # Not before the group has assigned this worker its partitions: a worker the
+        # gateway counts (and `sluice up` waits for) takes requests from then on.
+        await self.joined.wait()
         while True:
             await self._beat("ready")
             await asyncio.sleep(self.settings.worker_heartbeat_s)
@@ -351,6 +355,7 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
         self.worker.revoked = set(revoked)
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        self.worker.joined.set()
         lost, self.worker.revoked = self.worker.revoked - set(assigned), set()
         if lost:
             self.worker.hand_over(lost)

@@ -103,6 +103,25 @@ async def test_every_stream_lands_and_rolls_up(bootstrap: str, settings: Setting
     assert ledger == (1, t.expected.cost_micros, 1)
 
 
+async def test_light_traffic_lands_without_waiting_for_a_full_batch(
+        bootstrap: str, settings: Settings, warehouse: Warehouse) -> None:
+    """A batch that may wait 10 s still lands once nothing more comes for `batch_idle_s`;
+    and the sink says it is consuming only once it holds its partitions."""
+    settings = settings.model_copy(update={"kafka_bootstrap": bootstrap})
+    t = traffic(unique("light"), 1, start=time.time(), reject_every=0, hit_every=0)
+    async with running(settings, unique("g-light")) as sink:
+        sink.settings = sink.settings.model_copy(update={"batch_max_wait_s": 10.0})
+        await eventually(lambda: _true(sink.stats.consuming), 30, "the sink to consume")
+        await produce(bootstrap, t.events)
+        await eventually(lambda: _matches(warehouse, t.tenant, expected(t)), 5,
+                         "a lone request to land well before the batch's 10 s are up")
+    assert not sink.stats.consuming
+
+
+async def _true(value: bool) -> bool:
+    return value
+
+
 async def _matches(warehouse: Warehouse, tenant: str, want: dict[str, Any]) -> bool:
     return await stored(warehouse, tenant) == want
 
