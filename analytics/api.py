@@ -33,6 +33,7 @@ import json
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -165,6 +166,19 @@ async def admin_sql(request: Request) -> Response:
     return Response(sql.as_json(result), media_type="application/json")
 
 
+async def billed(request: Request) -> Response:
+    """For the streams app of a restarted embedded stack (internal: the token and the
+    admin flag): what the ledger billed per key and UTC day since `since` (Unix s)."""
+    st = state(request)
+    _caller(request, admin_only=True)
+    try:
+        since = datetime.fromtimestamp(int(request.query_params.get("since", "")), UTC)
+    except (ValueError, OverflowError, OSError):
+        raise InvalidRequest("'since' must be a Unix time in seconds.", param="since") from None
+    st.require_ready()
+    return JSONResponse({"rows": await reports.billed_per_day(st.warehouse, since)})
+
+
 async def health(request: Request) -> Response:
     """The process is alive and serving HTTP."""
     return JSONResponse({"status": "ok"})
@@ -258,6 +272,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         routes=[
             *(Route(f.path, HANDLERS[f], methods=[f.method]) for f in reporting.FORWARDED),
             Route("/health", health, methods=["GET"]),
+            Route(reporting.BILLED_PATH, billed, methods=["GET"]),
             Route("/ready", ready, methods=["GET"]),
         ],
         exception_handlers={

@@ -280,6 +280,19 @@ class Series:
         return {"bucket": self.bucket, "step_s": self.step, "points": points}
 
 
+async def billed_per_day(warehouse: Warehouse, since: datetime) -> list[list[Any]]:
+    """What the ledger billed each key per UTC day since `since`, once per entry: rows of
+    [key_id, tenant, day, requests, prompt, completion, cached tokens, cost micros], as
+    the streams app counts them (a restarted embedded stack rebuilds its totals so)."""
+    result = await warehouse.query(
+        "SELECT key_id, tenant, toString(toDate(occurred_at)) AS day, count(), "
+        "sum(prompt_tokens), sum(completion_tokens), sum(cached_tokens), sum(cost_micros) "
+        "FROM ledger FINAL WHERE occurred_at >= toDateTime64({since:UInt32}, 3, 'UTC') "
+        "GROUP BY key_id, tenant, day ORDER BY key_id, day",
+        {"since": int(since.timestamp())})
+    return [[k, t, d, *(int(v) for v in rest)] for k, t, d, *rest in result.rows]
+
+
 async def tenants(warehouse: Warehouse, period: Period) -> list[dict[str, Any]]:
     """Every tenant's totals in `period`, biggest spender first (admin only)."""
     source, params = _source(Scope(None), period, Filters(), by_key=False)

@@ -50,6 +50,7 @@ REPLAY_QUIET_S = 5.0
 
 # The streams the sink lands in ClickHouse, one table each.
 SOURCES: tuple[str, ...] = (topics.REQUESTS, topics.USAGE, topics.CACHE, topics.LEDGER)
+DRAIN_S = 10.0  # at a stop, how long to keep taking what is already on the topics
 
 
 @dataclass
@@ -263,12 +264,27 @@ class Sink:
                 if self._due() or (self._pending.count and not any(fetched.values())):
                     async with self._lock:
                         await self._flush(consumer)
+            await self._drain(consumer)
             async with self._lock:
                 await self._flush(consumer)
         finally:
             self._pending = _Pending()
             with contextlib.suppress(Exception):
                 await consumer.stop()
+
+    async def _drain(self, consumer: AIOKafkaConsumer) -> None:
+        """On the way out, take what is already on the topics (up to `DRAIN_S`): a stack
+        stopping in order stops the producers first, and their last events land too."""
+        deadline = time.monotonic() + DRAIN_S
+        while time.monotonic() < deadline and self._failure is None:
+            fetched = await consumer.getmany(timeout_ms=200, max_records=10_000)
+            if not any(fetched.values()):
+                return
+            self._pending.add(fetched)
+            self.stats.consumed += sum(len(b) for b in fetched.values())
+            if self._pending.count >= self.settings.batch_max_events:
+                async with self._lock:
+                    await self._flush(consumer)
 
     def _wait_ms(self) -> int:
         """Until the next fetch gives up: with records in hand, no longer than the idle

@@ -288,9 +288,10 @@ def render(r: dict[str, object]) -> str:
              r["slot_admits"]),  # type: ignore[arg-type]
         "",
         f"Refused: {r['refused']} (a slot handed back is never refused to the next request). "
-        "A slot is handed back at its request's end, before the client sees it, when the "
-        "key had no slot left unheld at the last answer; otherwise the gateway keeps it "
-        "for the key's next request and the periodic sweep hands idle ones back.",
+        "A slot is handed back at its request's end, before the client sees it, unless "
+        "more than half the key's slots were unheld at the limiter's last answer; then "
+        "the gateway keeps it for the key's next request and the periodic sweep hands idle "
+        "ones back.",
         "",
         f"- Admission with a lease in hand: p50 {in_hand_p50 * 1000:.1f} µs "
         f"(target ≤ {TARGET_IN_HAND_P50_MS} ms: {verdict(in_hand_p50 <= TARGET_IN_HAND_P50_MS)}).",

@@ -1,6 +1,6 @@
 """`sluice up`: the whole stack on one machine, as supervised child processes.
 
-Children start in order (broker, streams, analytics, one worker per model, gateway), each
+Children start in order (broker, analytics, streams, one worker per model, gateway), each
 only once the one before is ready; a new embedded broker first gets back the definitions
 the journal kept (`broker.journal`). Their output is prefixed with their role. A child that
 crashes is restarted with backoff. Ctrl-C or SIGTERM stops them in reverse order, and each
@@ -220,13 +220,6 @@ def plan(settings: Settings) -> list[Child]:
             ready=broker_ready, stop_timeout_s=5, env={**common, **side},
         ))
         journaled = {"SLUICE_JOURNAL_PATH": str(settings.journal)}
-    streams_url = f"http://{settings.streams_host}:{settings.streams_port}"
-    children.append(Child(
-        "streams", [*me, "streams"],
-        ready=lambda c: _wait_http_ready(f"{streams_url}/ready", c, 120),
-        stop_timeout_s=20, env={**common, **side, "SLUICE_STREAMS_HOST": settings.streams_host,
-                                "SLUICE_STREAMS_PORT": str(settings.streams_port)},
-    ))
     # Only the gateway may call the reporting API, and it proves it with this token.
     internal_token = settings.internal_token or secrets.token_urlsafe(32)
     analytics_url = f"http://{settings.analytics_host}:{settings.analytics_port}"
@@ -240,6 +233,18 @@ def plan(settings: Settings) -> list[Child]:
         ready=lambda c: _wait_http_ready(
             f"{analytics_url}/{'ready' if embedded else 'health'}", c, 120),
         stop_timeout_s=40, env={**common, **side, "SLUICE_INTERNAL_TOKEN": internal_token},
+    ))
+    # A new embedded broker has no changelogs: the streams app rebuilds its totals from
+    # the ledger the analytics process keeps (`streams.restore`).
+    restoring = ({"SLUICE_RESTORE_FROM": analytics_url, "SLUICE_INTERNAL_TOKEN": internal_token}
+                 if settings.kafka_bootstrap is None else {})
+    streams_url = f"http://{settings.streams_host}:{settings.streams_port}"
+    children.append(Child(
+        "streams", [*me, "streams"],
+        ready=lambda c: _wait_http_ready(f"{streams_url}/ready", c, 120),
+        stop_timeout_s=20, env={**common, **side, "SLUICE_STREAMS_HOST": settings.streams_host,
+                                "SLUICE_STREAMS_PORT": str(settings.streams_port),
+                                **restoring},
     ))
     for model in settings.models:
         worker_id = f"{os.uname().nodename}-{model}-up"

@@ -42,3 +42,9 @@ ADMIN_SQL = Forwarded("POST", "/v1/admin/sql")
 
 FORWARDED: tuple[Forwarded, ...] = (USAGE_EXPORT, ANALYTICS, ADMIN_USAGE_EXPORT,
                                     ADMIN_ANALYTICS, ADMIN_TENANTS, ADMIN_SINK, ADMIN_SQL)
+
+# Not forwarded: the streams app of a restarted embedded stack reads what the ledger
+# billed per key and UTC day since `?since=` (Unix s), with the token and `ADMIN: 1`.
+# Answers {"rows": [[key_id, tenant, day, requests, prompt_tokens, completion_tokens,
+# cached_tokens, cost_micros], …]}.
+BILLED_PATH = "/internal/billed"

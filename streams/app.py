@@ -14,17 +14,19 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import itertools
 import json
 import logging
 import time
 from collections.abc import Callable
 from typing import Any
 
+import httpx
 from aiokafka import AIOKafkaProducer
 from pydantic import ValidationError
 
 from broker import Broker
-from schemas import topics
+from schemas import reporting, topics
 from schemas.events import (
     BudgetAlert,
     LeaseRequested,
@@ -35,8 +37,8 @@ from schemas.events import (
     decode,
 )
 from schemas.tiers import USAGE_TOTALS, Limits
-from streams import billing, experiments
-from streams.limiter import Account, periods
+from streams import billing, experiments, restore
+from streams.limiter import Account, periods, recent
 from streams.settings import Settings
 from streams.transport import App
 
@@ -295,7 +297,7 @@ async def total_tenants(stream: Any) -> None:
                     for name, amount in zip(USAGE_TOTALS[1:], amounts, strict=True):
                         t[name] += amount
         for tenant, totals in tenants_now.items():
-            totals["periods"] = dict(sorted(totals["periods"].items())[-6:])
+            totals["periods"] = recent(totals["periods"])
             tenant_totals[tenant] = totals
 
 
@@ -357,6 +359,50 @@ async def follow_prices(stream: Any) -> None:
         prices[schedule.model.encode()] = schedule.model_dump(mode="json")
 
 
+# -- after a restart of the embedded stack ------------------------------------------------
+
+restored = asyncio.Event()  # the tables hold the ledger's totals (or need none)
+
+
+@app.task
+async def restore_totals() -> None:
+    """With `restore_from` (the embedded stack): once the tables are recovered, if they
+    came back empty (a new broker), fill each key's and tenant's day and month totals from
+    the ledger in ClickHouse (`streams.restore`). Ready waits for it."""
+    if not settings.restore_from:
+        restored.set()
+        return
+    await app.tables.recovery.completed.wait()
+    while not app.assignor.assigned_actives():  # noqa: ASYNC110 (Faust has no event for it)
+        await asyncio.sleep(0.1)
+    if any(True for _ in accounts.keys()):
+        log.info("totals recovered from the changelog; nothing to restore")
+        restored.set()
+        return
+    url = settings.restore_from.rstrip("/") + reporting.BILLED_PATH
+    headers = {reporting.TOKEN: settings.internal_token, reporting.ADMIN: "1"}
+    params = {"since": int(restore.since(time.time()).timestamp())}
+    async with httpx.AsyncClient(timeout=60) as http:
+        for attempt in itertools.count():
+            try:
+                r = await http.get(url, params=params, headers=headers)
+                r.raise_for_status()
+                break
+            except httpx.HTTPError as exc:
+                log.warning("cannot read the ledger's totals yet (%s); retrying", exc)
+                await asyncio.sleep(min(5.0, 0.5 * 2 ** attempt))
+    keys, tenants = restore.periods(r.json()["rows"])
+    for key_id, totals in keys.items():
+        account = Account.load(accounts.get(key_id.encode()))
+        account.totals = totals
+        accounts[key_id.encode()] = account.dump()
+    for tenant, totals in tenants.items():
+        tenant_totals[tenant.encode()] = {"origins": {}, "periods": totals}
+    log.info("restored the day and month totals of %d keys and %d tenants from the ledger",
+             len(keys), len(tenants))
+    restored.set()
+
+
 # -- views (the gateway reads tables through these) ---------------------------------------
 
 
@@ -371,9 +417,9 @@ async def ready(web: Any, request: Any) -> Any:
     lease requests and table reads. 503 while it joins, rebalances or recovers."""
     assigned = len(app.assignor.assigned_actives())
     recovered = app.tables.recovery.completed.is_set()
-    ok = assigned > 0 and recovered and not app.rebalancing
+    ok = assigned > 0 and recovered and not app.rebalancing and restored.is_set()
     return web.json({"ready": ok, "partitions": assigned, "recovered": recovered,
-                     "rebalancing": app.rebalancing},
+                     "rebalancing": app.rebalancing, "restored": restored.is_set()},
                     status=200 if ok else 503)
 
 

@@ -246,11 +246,7 @@ class Account:
             t["completion_tokens"] += tokens_out
             t["cached_tokens"] += cached
             t["cost_micros"] += cost
-        # Keep the current and previous day and month only; older ones are in ClickHouse.
-        for old in sorted(p for p in self.totals if len(p) == 10)[:-2]:
-            del self.totals[old]
-        for old in sorted(p for p in self.totals if len(p) == 7)[:-2]:
-            del self.totals[old]
+        self.totals = recent(self.totals)
 
     # -- quotas and budgets -----------------------------------------------------------------
 
@@ -284,6 +280,14 @@ class Account:
         first = (t.replace(day=1) + dt.timedelta(days=32)).replace(day=1, hour=0, minute=0,
                                                                      second=0, microsecond=0)
         return first.timestamp()
+
+
+def recent(totals: dict[str, Any]) -> dict[str, Any]:
+    """The latest two days and two months of `totals` (keyed "2026-11-22" or "2026-11");
+    older ones are in ClickHouse."""
+    days = sorted(p for p in totals if len(p) == 10)[-2:]
+    months = sorted(p for p in totals if len(p) == 7)[-2:]
+    return {p: totals[p] for p in (*days, *months)}
 
 
 def periods(ts: float) -> tuple[str, str]:

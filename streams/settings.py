@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pydantic import Field
+
 from broker.settings import SluiceSettings
 
 
@@ -20,3 +22,8 @@ class Settings(SluiceSettings):
     # minute's end); what it did not use goes back with its next lease request.
     lease_ttl_s: float = 10.0
     slot_ttl_s: float = 30.0
+    restore_from: str | None = Field(
+        default=None, description="Set by `sluice up` with the embedded broker: the "
+        "analytics process, whose ledger the totals are rebuilt from when a new broker "
+        "starts with none.")
+    internal_token: str = Field(default="", description="Shown to the analytics process.")
