@@ -51,7 +51,7 @@ lint: install
 	$(BIN)/ruff check .
 
 # Each writes its own section of docs/benchmarks.md; run one with e.g. `make bench-admission`.
-BENCHES := admission streams analytics serving cache
+BENCHES := admission streams analytics serving cache restart
 
 bench: $(addprefix bench-,$(BENCHES))
 

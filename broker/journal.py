@@ -117,10 +117,15 @@ def compact(path: Path, contents: Contents) -> None:
     with problems is left as it is, for a person to look at."""
     if contents.problems or contents.lines == len(contents.records):
         return
+    write(path, contents.records)
+
+
+def write(path: Path, records: list[Record]) -> None:
+    """A journal of exactly `records`, replacing `path` atomically once on disk."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     fresh = path.with_suffix(".compacting")
     with fresh.open("wb") as f:
-        for record in contents.records:
-            f.write(_line(record))
+        f.write(b"".join(_line(r) for r in records))
         f.flush()
         os.fsync(f.fileno())
     fresh.replace(path)
