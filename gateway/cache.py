@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import re
 import time
 from collections import OrderedDict
@@ -30,7 +29,6 @@ from typing import Literal
 
 import numpy as np
 from aiokafka import AIOKafkaConsumer
-from pydantic import ValidationError
 
 from gateway.embedder import PromptEmbedder, decode_vector, encode_vector
 from gateway.follow import Follower
@@ -46,11 +44,8 @@ from schemas.events import (
     InferenceRequested,
     TokenUsage,
     UsageRecorded,
-    decode,
 )
 from schemas.tiers import CachePolicy
-
-log = logging.getLogger("sluice.gateway.cache")
 
 HEADER = "x-sluice-cache"
 
@@ -244,14 +239,7 @@ class ResponseCache(Follower):
         if self._publish is not None:
             self._publish(event, key)
 
-    def on_record(self, key: bytes | None, value: bytes | None) -> None:
-        if value is None:
-            return
-        try:
-            event = decode(value)
-        except ValidationError:
-            log.warning("skipping an unreadable record on %s", self.topic)
-            return
+    def apply(self, event: object) -> None:
         if isinstance(event, CacheStored):
             if (held := self._entries.get(event.cache_key)) is None or \
                     held.event_id != event.event_id:

@@ -9,17 +9,13 @@ tests split independently.
 from __future__ import annotations
 
 import hashlib
-import logging
 from dataclasses import dataclass
 
 from aiokafka import AIOKafkaConsumer
-from pydantic import ValidationError
 
 from gateway.follow import Follower
 from schemas import topics
 from schemas.events import Experiment
-
-log = logging.getLogger("sluice.gateway.experiments")
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,13 +38,8 @@ class ExperimentBook(Follower):
         super().__init__(consumer)
         self.experiments: dict[str, Experiment] = {}
 
-    def on_record(self, key: bytes | None, value: bytes | None) -> None:
-        if value is None:
-            return
-        try:
-            self.apply(Experiment.model_validate_json(value))
-        except ValidationError:
-            log.warning("ignoring malformed experiment %r", key)
+    def parse(self, value: bytes) -> Experiment:
+        return Experiment.model_validate_json(value)
 
     def apply(self, experiment: Experiment) -> None:
         known = self.experiments.get(experiment.experiment_id)

@@ -3,15 +3,24 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from pydantic import ValidationError
+
+from schemas.events import decode
+
+log = logging.getLogger("sluice.gateway.follow")
 
 
 class Follower:
     """Reads every partition of `topic` from the beginning, then keeps reading.
 
-    Subclasses apply each record in `on_record`. `caught_up` is set once everything that
-    was on the topic at start has been applied, so a view can be complete before use.
+    Each record is decoded (`parse`: any event, unless a subclass narrows it) and given to
+    `apply`; a tombstone or a record that does not parse is skipped. `caught_up` is set
+    once everything that was on the topic at start has been applied, so a view can be
+    complete before use.
     """
 
     topic: str
@@ -22,6 +31,19 @@ class Follower:
         self.caught_up = asyncio.Event()
 
     def on_record(self, key: bytes | None, value: bytes | None) -> None:
+        if value is None:
+            return
+        try:
+            event = self.parse(value)
+        except ValidationError:
+            log.warning("skipping an unreadable record %r on %s", key, self.topic)
+            return
+        self.apply(event)
+
+    def parse(self, value: bytes) -> Any:
+        return decode(value)
+
+    def apply(self, event: Any) -> None:
         raise NotImplementedError
 
     async def start(self) -> None:

@@ -10,19 +10,15 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import logging
 import secrets
 from dataclasses import dataclass
 
 from aiokafka import AIOKafkaConsumer
-from pydantic import ValidationError
 
 from gateway.follow import Follower
 from schemas import topics
-from schemas.events import KeyState, TenantState, decode
+from schemas.events import KeyState, TenantState
 from schemas.tiers import Budgets, CachePolicy, Limits, effective_limits
-
-log = logging.getLogger("sluice.gateway.keys")
 
 PREFIX = "sk-sluice-"
 NO_CACHE = CachePolicy()
@@ -64,16 +60,6 @@ class KeyStore(Follower):
         self._admin = hash_secret(admin_key) if admin_key else None
         self.keys: dict[str, KeyState] = {}
         self.tenants: dict[str, TenantState] = {}
-
-    def on_record(self, key: bytes | None, value: bytes | None) -> None:
-        if value is None:
-            return
-        try:
-            event = decode(value)
-        except ValidationError:
-            log.warning("ignoring malformed record %r on %s", key, topics.KEYS)
-            return
-        self.apply(event)
 
     def apply(self, event: object) -> None:
         """Take a state event, unless a newer version of it is already here."""

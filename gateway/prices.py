@@ -2,16 +2,11 @@
 
 from __future__ import annotations
 
-import logging
-
 from aiokafka import AIOKafkaConsumer
-from pydantic import ValidationError
 
 from gateway.follow import Follower
 from schemas import topics
 from schemas.events import PriceSchedule
-
-log = logging.getLogger("sluice.gateway.prices")
 
 
 class PriceBook(Follower):
@@ -21,13 +16,8 @@ class PriceBook(Follower):
         super().__init__(consumer)
         self.schedules: dict[str, PriceSchedule] = {}
 
-    def on_record(self, key: bytes | None, value: bytes | None) -> None:
-        if value is None:
-            return
-        try:
-            self.apply(PriceSchedule.model_validate_json(value))
-        except ValidationError:
-            log.warning("ignoring malformed price schedule %r", key)
+    def parse(self, value: bytes) -> PriceSchedule:
+        return PriceSchedule.model_validate_json(value)
 
     def apply(self, schedule: PriceSchedule) -> None:
         known = self.schedules.get(schedule.model)
