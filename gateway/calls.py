@@ -173,9 +173,10 @@ class Call:
         if disconnected or failed or self.transcript.usage is not None:
             self._report(499 if disconnected else 500 if failed else 200)
 
-    async def settled(self) -> None:
-        """After `finish`: once a slot it handed back is on the limiter's topic. Awaited
+    async def end(self) -> None:
+        """`finish`, then wait until a slot it handed back is on the limiter's topic: done
         before the client sees the end, so its next request finds the slot free."""
+        self.finish()
         await self.admitted.settled(self.st.settings.lease_timeout_s)
 
     def _report(self, status: int) -> None:

@@ -6,8 +6,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 TTFT_BUCKETS = (0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 30)
-# An exact lookup takes microseconds; a semantic one waits for an embedding (issue 16:
-# at most 15 ms more than an exact miss), or for its timeout.
+# An exact lookup takes microseconds; a semantic one waits for an embedding, or for its
+# timeout: fine buckets below 25 ms, coarse ones up to the timeout.
 LOOKUP_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.015, 0.025, 0.05,
                   0.1, 0.25, 0.5, 1, 2.5)
 

@@ -161,10 +161,10 @@ async def serve(request: Request, event: InferenceRequested, renderer: Renderer[
         call.finish()
         raise
     if not event.stream:
-        call.finish()
         if done is None:
+            call.finish()
             return Response(status_code=499)
-        await call.settled()
+        await call.end()
         st.cache.store(event, found, call.transcript)
         return Response(renderer.whole(call.transcript).model_dump_json(),
                         media_type="application/json", headers=headers)
@@ -179,8 +179,7 @@ async def serve(request: Request, event: InferenceRequested, renderer: Renderer[
                 for delta in deltas:
                     yield renderer.piece(delta)
             st.cache.store(event, found, call.transcript)
-            call.finish()
-            await call.settled()
+            await call.end()
             for document in renderer.closing(call.transcript):
                 yield document
         except (asyncio.CancelledError, GeneratorExit):
@@ -207,8 +206,7 @@ async def _from_cache(call: Call, found: cache.Lookup, renderer: Renderer[Any],
     call.first_token_at = time.perf_counter()
     usage = st.cache.hit(call.event, found, (call.first_token_at - call.started) * 1000)
     st.outcomes.publish(topics.USAGE, usage, usage.key_id)
-    call.finish()
-    await call.settled()
+    await call.end()
     if not call.event.stream:
         return Response(renderer.whole(t).model_dump_json(), media_type="application/json",
                         headers=headers)
